@@ -1,0 +1,106 @@
+"""What every analysis declares once: name, version, parameters (pydantic, with defaults and
+validation) and the layers it applies to. The CLI, the cache keys and the API read that declaration.
+
+An analysis computes all the layers it is given in one call, so that it can batch neurons (and
+layers of the same shape) into one tensor computation on the context's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ..registry import Registry
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ModelContext:
+    """One loaded model as the analyses see it.
+
+    ``inventory`` is the list of layer rows from :mod:`precompute.inventory` (JSON-able dicts).
+    """
+
+    name: str
+    module: torch.nn.Module
+    inventory: list[dict]
+    weights_sha256: str
+    device: torch.device
+    _modules: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self._modules = dict(self.module.named_modules())
+        self._rows = {r["name"]: r for r in self.inventory}
+
+    def row(self, layer: str) -> dict:
+        return self._rows[layer]
+
+    def rows(self, type_: Optional[str] = None) -> list[dict]:
+        return [r for r in self.inventory if type_ is None or r["type"] == type_]
+
+    def weight(self, layer: str) -> torch.Tensor:
+        """The layer's weight as float32 on the context's device. Conv: (N, C/groups, kh, kw)."""
+        return self._modules[layer].weight.detach().to(self.device, torch.float32)
+
+    def bias(self, layer: str) -> Optional[torch.Tensor]:
+        b = getattr(self._modules[layer], "bias", None)
+        return None if b is None else b.detach().to(self.device, torch.float32)
+
+    def module_of(self, layer: str) -> torch.nn.Module:
+        return self._modules[layer]
+
+
+class Analysis:
+    """Base class. Subclasses set ``name``, ``version``, ``Params`` and implement ``applies`` and ``run``."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    #: per-model analyses run on layers; "group" analyses (clusters) run over several models
+    scope: ClassVar[str] = "layer"
+
+    def params(self, **overrides) -> BaseModel:
+        """Validated parameters (defaults filled in); raises pydantic.ValidationError on bad values."""
+        return self.Params(**overrides)
+
+    def applies(self, row: dict) -> bool:
+        raise NotImplementedError
+
+    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+        """Compute the result of every layer in ``rows``; returns {layer name: JSON-able result}."""
+        raise NotImplementedError
+
+    def scalars(self, result: dict) -> dict[str, float]:
+        """Per-layer scalar metrics for the model's depth profiles (default: none)."""
+        return {}
+
+    def declaration(self) -> dict:
+        return {"name": self.name, "version": self.version, "description": self.description,
+                "scope": self.scope, "params": self.Params.model_json_schema()}
+
+
+ANALYSES: Registry[Analysis] = Registry("analysis")
+
+
+def register_analysis(cls: type[Analysis]) -> type[Analysis]:
+    ANALYSES.add(cls.name, cls())
+    return cls
+
+
+def to_list(x: Any, digits: int = 6) -> Any:
+    """Tensor/ndarray -> nested lists of floats rounded to ``digits`` significant digits (small JSON)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where(x == 0, 0, np.floor(np.log10(np.abs(np.where(x == 0, 1, x)))))
+    scale = 10.0 ** (digits - 1 - mag)
+    return (np.round(x * scale) / scale).tolist()

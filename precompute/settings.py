@@ -1,0 +1,61 @@
+"""The one Settings class: every path and knob, read from CONVSCOPE_* environment variables.
+
+Torch-free: the web server imports it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONVSCOPE_", extra="ignore")
+
+    #: everything convscope writes lives under here unless a path below is set on its own
+    data_dir: Path = Path.home() / ".convscope"
+    #: result cache (analysis results, model records); shared by server and workers
+    cache_dir: Optional[Path] = None
+    #: downloaded wheels and weight files (the "store"); never installed, only read
+    store_dir: Optional[Path] = None
+    #: folder holding the CIFAR-10 ResNet checkpoints (e.g. ../shared/zoo/cifar10-resnets)
+    zoo_dir: Optional[Path] = None
+    #: folder of committed reference checkpoints of experiment variants
+    reference_dir: Path = Path(__file__).resolve().parent.parent / "reference"
+    #: where `convscope add` and uploads keep user checkpoints
+    uploads_dir: Optional[Path] = None
+    #: torch device for analyses: auto picks cuda when available
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Redis URL for a shared job queue; empty means an embedded SQLite queue in the cache dir
+    redis_url: str = ""
+    #: largest accepted upload in bytes (enforced while streaming)
+    max_upload_bytes: int = 200 * 1024 * 1024
+    #: pip index options for fetching weight wheels (empty: pip's own configuration)
+    pip_args: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+    @property
+    def store(self) -> Path:
+        return self.store_dir or self.data_dir / "store"
+
+    @property
+    def uploads(self) -> Path:
+        return self.uploads_dir or self.data_dir / "uploads"
+
+    @property
+    def user_models_file(self) -> Path:
+        """JSON list of user-registered models (``convscope add``, uploads)."""
+        return self.data_dir / "user-models.json"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
