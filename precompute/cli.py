@@ -1,0 +1,217 @@
+"""The `convscope` command line.
+
+Every command validates its input and exits non-zero with a message that names the bad value
+and the fix; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .settings import get_settings
+
+
+class CLIError(Exception):
+    """A user error: printed without a traceback, exit status 2."""
+
+
+def _p(*a, **k):
+    print(*a, **k, flush=True)
+
+
+# ---- zoo --------------------------------------------------------------------------------------
+def cmd_zoo_list(args) -> int:
+    from .cache import Cache
+    from .zoo import all_specs
+
+    settings = get_settings()
+    cache = Cache(settings.cache)
+    rows = []
+    for spec in all_specs(settings):
+        rec = _safe_record(cache, spec.name)
+        rows.append({"name": spec.name, "arch": spec.arch, "dataset": spec.dataset, "family": spec.family,
+                     "source": spec.source.describe().get("kind"), "status": spec.source.status(settings),
+                     "layers": len(rec["inventory"]) if rec else None,
+                     "precomputed": bool(rec), "accuracy": spec.accuracy})
+    if args.json:
+        _p(json.dumps(rows, indent=2))
+        return 0
+    cols = ["name", "arch", "dataset", "source", "status", "layers"]
+    widths = {c: max(len(c), *(len(str(r[c] if r[c] is not None else "-")) for r in rows)) for c in cols}
+    _p("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for r in rows:
+        _p("  ".join(str(r[c] if r[c] is not None else "-").ljust(widths[c]) for c in cols))
+    return 0
+
+
+def _safe_record(cache, name):
+    from .cache import CorruptEntry
+
+    try:
+        return cache.get_model(name)
+    except CorruptEntry:
+        return None
+
+
+# ---- precompute --------------------------------------------------------------------------------
+def cmd_precompute(args) -> int:
+    from .pipeline import layer_analyses, precompute_many, resolve_device
+    from .zoo import default_specs, get_spec
+
+    settings = get_settings()
+    if not args.names and not args.all:
+        raise CLIError("name at least one model, or --all for the default zoo (see `convscope zoo list`)")
+    names = [s.name for s in default_specs(settings)] if args.all else []
+    for n in args.names:
+        get_spec(n, settings)  # unknown names fail before any work, with the close names
+        if n not in names:
+            names.append(n)
+    analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] if args.analyses else None
+    layer_analyses(analyses)
+    resolve_device(args.device)
+    outcome = precompute_many(names, settings, analyses=analyses, device=args.device, force=args.force,
+                              bar=sys.stderr.isatty() or args.progress, log=_p)
+    failed = {n: o for n, o in outcome.items() if o.startswith("failed")}
+    _p(f"{len(names) - len(failed)}/{len(names)} models precomputed into {settings.cache}")
+    return 1 if failed else 0
+
+
+# ---- show --------------------------------------------------------------------------------------
+def cmd_show(args) -> int:
+    from .analyses import ANALYSES
+    from .cache import Cache
+    from .names import check_layer_name
+    from .pipeline import result_key
+    from .zoo import get_spec
+
+    settings = get_settings()
+    get_spec(args.name, settings)
+    cache = Cache(settings.cache)
+    record = cache.get_model(args.name)
+    if record is None:
+        raise CLIError(f"{args.name} is not precomputed yet; run `convscope precompute {args.name}`")
+    if args.layer is None:
+        out = {k: record[k] for k in ("name", "spec", "weights_sha256", "file_sha256", "inventory", "scalars",
+                                      "analyses", "errors", "status")}
+        out["errors"] = {k: v for k, v in out["errors"].items() if ":traceback" not in k}
+    else:
+        check_layer_name(args.layer)
+        layers = [r["name"] for r in record["inventory"]]
+        if args.layer not in layers:
+            from .registry import unknown_message
+            raise CLIError(unknown_message(f"layer of {args.name}", args.layer, layers))
+        wanted = [args.analysis] if args.analysis else list(record["analyses"])
+        out = {"model": args.name, "layer": args.layer, "results": {}}
+        for a in wanted:
+            analysis = ANALYSES.get(a)
+            info = record["analyses"].get(a)
+            if info is None or args.layer not in info["layers"]:
+                if args.analysis:
+                    have = [n for n, i in record["analyses"].items() if args.layer in i["layers"]]
+                    raise CLIError(f"no {a} result for layer {args.layer}; it has: {', '.join(have) or 'none'}")
+                continue
+            key = result_key(record["weights_sha256"], analysis, analysis.Params(**info["params"]))
+            entry = cache.get(key, args.layer)
+            out["results"][a] = None if entry is None else {"meta": entry.meta, "data": entry.data}
+    _p(json.dumps(out, indent=None if args.compact else 2))
+    return 0
+
+
+# ---- add ---------------------------------------------------------------------------------------
+def cmd_add(args) -> int:
+    from .sources import add_user_model
+
+    settings = get_settings()
+    size = tuple(int(x) for x in args.input_size.split(",")) if args.input_size else None
+    if size is not None and len(size) != 3:
+        raise CLIError(f"--input-size must be C,H,W (e.g. 3,224,224); got {args.input_size!r}")
+    spec = add_user_model(Path(args.path), args.arch, args.name, settings, dataset=args.dataset, input_size=size)
+    _p(f"added {spec.name} ({spec.arch}); precompute it with `convscope precompute {spec.name}`")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from .sources import remove_user_model
+
+    remove_user_model(args.name, get_settings())
+    _p(f"removed {args.name}")
+    return 0
+
+
+# ---- serve -------------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run("server.app:create_app", factory=True, host=args.host or settings.host,
+                port=args.port or settings.port, log_level="info")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="convscope", description="A microscope for the weights of CNNs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    zoo = sub.add_parser("zoo", help="the model zoo")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    zl = zsub.add_parser("list", help="list models with their status")
+    zl.add_argument("--json", action="store_true")
+    zl.set_defaults(func=cmd_zoo_list)
+
+    pc = sub.add_parser("precompute", help="run the analyses over models and cache the results")
+    pc.add_argument("names", nargs="*", metavar="NAME")
+    pc.add_argument("--all", action="store_true", help="the whole default zoo")
+    pc.add_argument("--analyses", help="comma-separated analysis names (default: all)")
+    pc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pc.add_argument("--force", action="store_true", help="recompute cached results")
+    pc.add_argument("--progress", action="store_true", help="progress bars even when not on a terminal")
+    pc.set_defaults(func=cmd_precompute)
+
+    sh = sub.add_parser("show", help="print cached results as JSON")
+    sh.add_argument("name")
+    sh.add_argument("--layer")
+    sh.add_argument("--analysis")
+    sh.add_argument("--json", action="store_true", help="(the output is always JSON)")
+    sh.add_argument("--compact", action="store_true")
+    sh.set_defaults(func=cmd_show)
+
+    ad = sub.add_parser("add", help="register a checkpoint of yours")
+    ad.add_argument("path")
+    ad.add_argument("--arch", required=True)
+    ad.add_argument("--name", required=True)
+    ad.add_argument("--dataset", default="unknown")
+    ad.add_argument("--input-size", help="C,H,W (default: the architecture's)")
+    ad.set_defaults(func=cmd_add)
+
+    rm = sub.add_parser("remove", help="unregister a model added with `add`")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_remove)
+
+    sv = sub.add_parser("serve", help="serve the explorer over the cache")
+    sv.add_argument("--host")
+    sv.add_argument("--port", type=int)
+    sv.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from .names import InvalidName
+    from .registry import UnknownName
+    from .zoo import ModelError
+
+    try:
+        return args.func(args)
+    except (CLIError, UnknownName, InvalidName, ModelError, ValidationError, ValueError, FileNotFoundError) as e:
+        print(f"convscope: error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Precompute: load a model, take its inventory, run the registered analyses, write the cache.
+
+Crash-safe by construction: every per-layer entry is written atomically and the model record last,
+so a run killed at any point leaves only complete entries, and the next run skips what is cached.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from .analyses import ANALYSES, ModelContext
+from .cache import Cache, CorruptEntry, ResultKey
+from .inventory import inventory
+from .settings import Settings, get_settings
+from .zoo import ModelError, get_spec, load_model
+
+#: progress(fraction in [0, 1], message) for job runners; the CLI shows a tqdm bar instead
+Progress = Callable[[float, str], None]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
+    return torch.device(device)
+
+
+def layer_analyses(names: Optional[Iterable[str]] = None) -> list:
+    """The per-model analyses to run (all registered ones of scope 'layer' by default)."""
+    if names is None:
+        return [a for _, a in ANALYSES.items() if a.scope == "layer"]
+    chosen = [ANALYSES.get(n) for n in names]  # UnknownName lists what exists
+    group = [a.name for a in chosen if a.scope != "layer"]
+    if group:
+        raise ValueError(f"{', '.join(group)} runs over several models, not in precompute; "
+                         f"use `convscope clusters` or the API")
+    return chosen
+
+
+def result_key(weights_sha256: str, analysis, params=None) -> ResultKey:
+    params = params if params is not None else analysis.params()
+    return ResultKey(weights_sha256, analysis.name, analysis.version, params.model_dump(mode="json"))
+
+
+def precompute_model(name: str, settings: Optional[Settings] = None, analyses: Optional[list[str]] = None,
+                     device: str = "auto", force: bool = False, progress: Optional[Progress] = None,
+                     bar: bool = False) -> dict:
+    """Run the analyses over every layer of ``name``; returns the model record (also cached).
+
+    Layers already in the cache under the same key are skipped unless ``force``.
+    """
+    settings = settings or get_settings()
+    cache = Cache(settings.cache)
+    chosen = layer_analyses(analyses)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    report = progress or (lambda f, m: None)
+    report(0.0, f"loading {name}")
+    loaded = load_model(get_spec(name, settings), settings)
+    module = loaded.module.to(dev)
+    rows = inventory(module, loaded.spec.input_size, dev)
+    ctx = ModelContext(name=name, module=module, inventory=rows, weights_sha256=loaded.weights_sha256, device=dev)
+
+    previous = cache.get_model(name) if not force else None
+    record = {
+        "name": name, "spec": loaded.spec.public(), "weights_sha256": loaded.weights_sha256,
+        "file_sha256": loaded.file_sha256, "inventory": rows, "analyses": {}, "scalars": {}, "errors": {},
+        "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if previous and previous.get("weights_sha256") == loaded.weights_sha256:
+        # keep what other runs (other --analyses selections) computed for the same weights
+        record["analyses"].update(previous.get("analyses", {}))
+
+    iterator = chosen
+    if bar:
+        from tqdm import tqdm
+
+        iterator = tqdm(chosen, desc=name, unit="analysis", leave=False)
+    for i, analysis in enumerate(iterator):
+        if bar:
+            iterator.set_postfix_str(analysis.name)
+        report(i / len(chosen), f"{name}: {analysis.name}")
+        params = analysis.params()
+        key = result_key(loaded.weights_sha256, analysis, params)
+        targets = [r for r in rows if analysis.applies(r)]
+        todo = [r for r in targets if force or not cache.has(key, r["name"])]
+        try:
+            results = analysis.run(ctx, todo, params) if todo else {}
+            missing = {r["name"] for r in todo} - set(results)
+            if missing:
+                raise RuntimeError(f"analysis {analysis.name} returned no result for {sorted(missing)}")
+            for r in todo:
+                cache.put(key, r["name"], results[r["name"]], meta={
+                    "model": name, "layer_type": r["type"], "weight_shape": r["weight_shape"],
+                    "device": str(dev), "torch": torch.__version__})
+        except Exception as e:  # one failing analysis must not lose the others
+            record["errors"][analysis.name] = f"{type(e).__name__}: {e}"
+            record["errors"][analysis.name + ":traceback"] = traceback.format_exc(limit=5)
+            continue
+        record["analyses"][analysis.name] = {"version": analysis.version, "params": key.params,
+                                             "layers": [r["name"] for r in targets]}
+        for r in targets:
+            data = results.get(r["name"]) if r["name"] in results else _cached_data(cache, key, r["name"])
+            if data is not None:
+                record["scalars"].setdefault(r["name"], {}).update(analysis.scalars(data))
+    record["status"] = "partial" if record["errors"] else "done"
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    cache.put_model(name, record)
+    report(1.0, f"{name}: {record['status']}")
+    return record
+
+
+def _cached_data(cache: Cache, key: ResultKey, layer: str):
+    try:
+        entry = cache.get(key, layer)
+    except CorruptEntry:
+        return None
+    return None if entry is None else entry.data
+
+
+def precompute_many(names: list[str], settings: Optional[Settings] = None, log=print, **kw) -> dict[str, str]:
+    """Precompute several models; a failing model is reported and the others still run.
+
+    Returns {name: "done" | "partial" | "failed: <reason>"}.
+    """
+    outcome: dict[str, str] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            record = precompute_model(name, settings, **kw)
+            outcome[name] = record["status"]
+            extra = "; ".join(f"{k}: {v}" for k, v in record["errors"].items() if ":traceback" not in k)
+            log(f"{name}: {record['status']} in {time.perf_counter() - t0:.1f}s" + (f" ({extra})" if extra else ""))
+        except (ModelError, ValueError, KeyError, OSError, RuntimeError) as e:
+            outcome[name] = f"failed: {e}"
+            log(f"{name}: FAILED: {e}")
+    return outcome
