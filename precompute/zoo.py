@@ -89,32 +89,41 @@ def state_dict_sha256(module: nn.Module) -> str:
 
 def _ensure_registered() -> None:
     from . import models  # noqa: F401  (fills MODELS with the default zoo)
+    from . import experiments  # noqa: F401  (registers the experiment architectures)
+
+
+def _dynamic_specs(settings: Settings) -> list[ModelSpec]:
+    """Models that live in files, not in code: trained experiment variants, then user models."""
+    from .experiments import variant_specs
+    from .sources import user_specs
+
+    return variant_specs(settings) + user_specs(settings)
 
 
 def get_spec(name: str, settings: Optional[Settings] = None) -> ModelSpec:
     _ensure_registered()
     if name in MODELS:
         return MODELS.get(name)
-    from .sources import user_specs
-
-    users = {s.name: s for s in user_specs(settings or get_settings())}
-    if name in users:
-        return users[name]
-    raise UnknownName(unknown_message("model", name, list(MODELS.names()) + list(users)))
+    dynamic = {s.name: s for s in _dynamic_specs(settings or get_settings())}
+    if name in dynamic:
+        return dynamic[name]
+    raise UnknownName(unknown_message("model", name, list(MODELS.names()) + list(dynamic)))
 
 
 def all_specs(settings: Optional[Settings] = None) -> list[ModelSpec]:
     _ensure_registered()
-    from .sources import user_specs
-
-    return [MODELS.get(n) for n in MODELS] + user_specs(settings or get_settings())
+    return [MODELS.get(n) for n in MODELS] + _dynamic_specs(settings or get_settings())
 
 
 def default_specs(settings: Optional[Settings] = None) -> list[ModelSpec]:
-    """The default zoo: real and random models (no URL-only extras, no user models)."""
+    """The default zoo: real and random models and the committed reference runs of the experiments
+    (no URL-only extras, no user models, no locally trained variants)."""
+    from .experiments import variant_specs
     from .models import DEFAULT_ZOO
 
-    return [get_spec(n, settings) for n in DEFAULT_ZOO]
+    settings = settings or get_settings()
+    return [get_spec(n, settings) for n in DEFAULT_ZOO] + [
+        s for s in variant_specs(settings) if s.extra.get("reference")]
 
 
 def load_model(spec_or_name, settings: Optional[Settings] = None) -> LoadedModel:
