@@ -8,7 +8,7 @@ ZOO_DIR := $(abspath ../shared/zoo/cifar10-resnets)
 ifneq ($(wildcard $(ZOO_DIR)),)
 export CONVSCOPE_ZOO_DIR ?= $(ZOO_DIR)
 endif
-APT_PACKAGES := chromium redis-server
+APT_PACKAGES := chromium redis-server dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps demo precompute serve test test-fast clean

@@ -17,11 +17,13 @@ and then renamed over the target: a crash leaves either the old entry or the new
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -163,6 +165,18 @@ class Cache:
         path = self.model_path(model)
         atomic_write(path, encode_entry(record, {"model": model, "kind": "model-record"}))
         return path
+
+    @contextmanager
+    def model_lock(self, model: str):
+        """Exclusive lock for read-modify-write of a model record (workers may share a model)."""
+        path = self.model_path(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{model}.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def get_model(self, model: str) -> Optional[dict]:
         entry = self.read(self.model_path(model))

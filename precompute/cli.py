@@ -142,13 +142,65 @@ def cmd_remove(args) -> int:
     return 0
 
 
-# ---- serve -------------------------------------------------------------------------------------
+# ---- serve, worker, jobs --------------------------------------------------------------------------
 def cmd_serve(args) -> int:
+    """The web server; in the embedded mode (no Redis) it also starts one worker beside it."""
+    import subprocess
+
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run("server.app:create_app", factory=True, host=args.host or settings.host,
-                port=args.port or settings.port, log_level="info")
+    worker = None
+    if not settings.redis_url and not args.no_worker:
+        # a separate process, so the server itself never imports torch
+        worker = subprocess.Popen([sys.executable, "-m", "precompute.cli", "worker"])
+    try:
+        uvicorn.run("server.app:create_app", factory=True, host=args.host or settings.host,
+                    port=args.port or settings.port, log_level="info")
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from .jobs import run_worker
+
+    settings = get_settings()
+    queue = settings.redis_url or f"sqlite:{settings.cache / 'queue.sqlite3'}"
+    _p(f"convscope worker: queue {queue}, cache {settings.cache}")
+    run_worker(settings, workers=args.threads)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from .jobs import submit
+    from .zoo import get_spec
+
+    settings = get_settings()
+    for name in args.names:
+        get_spec(name, settings)
+    analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] if args.analyses else None
+    for name in args.names:
+        job_args = {"model": name, "force": args.force}
+        if analyses:
+            job_args["analyses"] = analyses
+        job = submit("precompute", job_args, settings)
+        _p(f"{job['id']}  {job['state']}")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from .jobs import list_jobs
+
+    jobs = list_jobs(get_settings())
+    if args.json:
+        _p(json.dumps(jobs, indent=2))
+        return 0
+    for j in jobs:
+        _p(f"{j['id']:<60} {j['state']:<8} {int(100 * (j.get('progress') or 0)):>3}%  "
+           f"attempts {j['attempts']}  {j.get('error') or j.get('message') or ''}")
     return 0
 
 
@@ -194,7 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the explorer over the cache")
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
+    sv.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
     sv.set_defaults(func=cmd_serve)
+
+    wk = sub.add_parser("worker", help="take jobs from the queue (SQLite in the cache, or CONVSCOPE_REDIS_URL)")
+    wk.add_argument("--threads", type=int, default=1)
+    wk.set_defaults(func=cmd_worker)
+
+    sb = sub.add_parser("submit", help="queue precompute jobs for the workers")
+    sb.add_argument("names", nargs="+", metavar="NAME")
+    sb.add_argument("--analyses")
+    sb.add_argument("--force", action="store_true")
+    sb.set_defaults(func=cmd_submit)
+
+    jb = sub.add_parser("jobs", help="list jobs and their state")
+    jb.add_argument("--json", action="store_true")
+    jb.set_defaults(func=cmd_jobs)
     return p
 
 

@@ -68,15 +68,11 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
     rows = inventory(module, loaded.spec.input_size, dev)
     ctx = ModelContext(name=name, module=module, inventory=rows, weights_sha256=loaded.weights_sha256, device=dev)
 
-    previous = cache.get_model(name) if not force else None
     record = {
         "name": name, "spec": loaded.spec.public(), "weights_sha256": loaded.weights_sha256,
         "file_sha256": loaded.file_sha256, "inventory": rows, "analyses": {}, "scalars": {}, "errors": {},
         "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if previous and previous.get("weights_sha256") == loaded.weights_sha256:
-        # keep what other runs (other --analyses selections) computed for the same weights
-        record["analyses"].update(previous.get("analyses", {}))
 
     iterator = chosen
     if bar:
@@ -110,11 +106,35 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
             data = results.get(r["name"]) if r["name"] in results else _cached_data(cache, key, r["name"])
             if data is not None:
                 record["scalars"].setdefault(r["name"], {}).update(analysis.scalars(data))
-    record["status"] = "partial" if record["errors"] else "done"
     record["seconds"] = round(time.perf_counter() - t0, 3)
-    cache.put_model(name, record)
+    with cache.model_lock(name):
+        _merge_previous(record, _safe_model(cache, name), [a.name for a in chosen])
+        record["status"] = "partial" if record["errors"] else "done"
+        cache.put_model(name, record)
     report(1.0, f"{name}: {record['status']}")
     return record
+
+
+def _safe_model(cache: Cache, name: str):
+    try:
+        return cache.get_model(name)
+    except CorruptEntry:
+        return None
+
+
+def _merge_previous(record: dict, previous, ran: list[str]) -> None:
+    """Keep what earlier runs with other ``--analyses`` (or other workers) computed for the same weights."""
+    if not previous or previous.get("weights_sha256") != record["weights_sha256"]:
+        return
+    for a, info in previous.get("analyses", {}).items():
+        record["analyses"].setdefault(a, info)
+    for a, msg in previous.get("errors", {}).items():
+        if a.split(":")[0] not in ran and a.split(":")[0] not in record["analyses"]:
+            record["errors"].setdefault(a, msg)
+    for layer, metrics in previous.get("scalars", {}).items():
+        merged = dict(metrics)
+        merged.update(record["scalars"].get(layer, {}))
+        record["scalars"][layer] = merged
 
 
 def _cached_data(cache: Cache, key: ResultKey, layer: str):

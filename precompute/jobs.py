@@ -1,0 +1,336 @@
+"""The job queue: precompute, train and upload jobs, run by any number of `convscope worker`s.
+
+Transport is Huey: ``SqliteHuey`` in the cache directory by default (no extra service), ``RedisHuey``
+when ``CONVSCOPE_REDIS_URL`` is set, so workers on many machines take jobs from one queue.
+
+Job *state* lives beside the results, as one JSON file per job under ``<cache>/jobs/`` (the cache is
+the volume every worker and the server share anyway), written atomically:
+
+- **Idempotent**: a job's id is derived from what it computes (kind + model + analyses ...). Submitting
+  an id that is queued, running, or done with its result still in the cache returns the existing
+  job and enqueues nothing; a failed job may be submitted again.
+- **Claimed once**: a worker claims a job under an exclusive file lock, only when it is queued or
+  its runner's heartbeat is stale; a second delivery of the same message finds it claimed or done.
+- **Crash recovery**: a running job's worker writes a heartbeat every ``HEARTBEAT_S``; each worker
+  runs a reaper that re-enqueues jobs whose heartbeat is older than ``STALE_S`` (a worker killed with
+  SIGKILL), up to ``MAX_ATTEMPTS``, then marks them failed. Results are written atomically by the
+  pipeline, so a killed job leaves no partial entry.
+
+This module is torch-free at import (the web server submits jobs); the job bodies import the
+pipeline lazily.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+from .cache import Cache, atomic_write, canonical_json
+from .names import check_model_name
+from .settings import Settings, get_settings
+
+HEARTBEAT_S = 1.0
+STALE_S = 6.0
+MAX_ATTEMPTS = 3
+KINDS = ("precompute", "upload", "train")
+STATES = ("queued", "running", "done", "failed")
+
+
+class JobError(Exception):
+    """A job that cannot be submitted (bad kind or arguments)."""
+
+
+class UserError(Exception):
+    """An error in the job's input: the job fails at once, it is not retried."""
+
+
+# ---- ids and state files ----------------------------------------------------------------------
+def job_id(kind: str, args: dict) -> str:
+    """Deterministic id: the same work always gets the same id (so duplicates collapse)."""
+    if kind not in KINDS:
+        raise JobError(f"unknown job kind {kind!r}; known: {', '.join(KINDS)}")
+    digest = hashlib.sha256(canonical_json({"kind": kind, "args": args})).hexdigest()[:16]
+    label = args.get("model") or args.get("name") or args.get("experiment") or "job"
+    return f"{kind}-{check_model_name(str(label))}-{digest}"
+
+
+def jobs_dir(settings: Settings) -> Path:
+    return settings.cache / "jobs"
+
+
+def _state_path(settings: Settings, jid: str) -> Path:
+    if not jid or "/" in jid or "\x00" in jid or jid.startswith(".") or ".." in jid or len(jid) > 200:
+        raise JobError(f"invalid job id {jid!r}")
+    return jobs_dir(settings) / f"{jid}.job"
+
+
+def read_job(settings: Settings, jid: str) -> Optional[dict]:
+    try:
+        return json.loads(_state_path(settings, jid).read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # atomic writes make this unlikely; treat as unknown rather than crash
+        return None
+
+
+def list_jobs(settings: Settings) -> list[dict]:
+    out = []
+    folder = jobs_dir(settings)
+    if folder.is_dir():
+        for p in sorted(folder.glob("*.job")):
+            job = read_job(settings, p.stem)
+            if job:
+                out.append(job)
+    return sorted(out, key=lambda j: j.get("created", 0))
+
+
+def _write(settings: Settings, job: dict) -> None:
+    atomic_write(_state_path(settings, job["id"]), json.dumps(job, indent=1).encode())
+
+
+@contextmanager
+def _locked(settings: Settings, jid: str):
+    """Exclusive lock for read-modify-write of one job's state (across processes)."""
+    folder = jobs_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{jid}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _event(job: dict, what: str, **extra) -> None:
+    job.setdefault("history", []).append({"t": time.time(), "event": what, **extra})
+
+
+# ---- the queue ----------------------------------------------------------------------------------
+_HUEYS: dict[tuple, Any] = {}
+
+
+def get_huey(settings: Optional[Settings] = None):
+    """The Huey instance for these settings, with the job task registered on it."""
+    settings = settings or get_settings()
+    key = (settings.redis_url, str(settings.cache))
+    if key not in _HUEYS:
+        if settings.redis_url:
+            from huey import RedisHuey
+
+            huey = RedisHuey("convscope", url=settings.redis_url)
+        else:
+            from huey import SqliteHuey
+
+            settings.cache.mkdir(parents=True, exist_ok=True)
+            huey = SqliteHuey("convscope", filename=str(settings.cache / "queue.sqlite3"))
+
+        @huey.task(name="convscope.run_job")
+        def run_job_task(jid: str):
+            # the worker's own settings: on another machine the shared cache may be mounted elsewhere
+            run_job(jid, settings)
+
+        huey._convscope_task = run_job_task
+        _HUEYS[key] = huey
+    return _HUEYS[key]
+
+
+def submit(kind: str, args: dict, settings: Optional[Settings] = None) -> dict:
+    """Queue a job unless the same job is queued, running or done; returns its state."""
+    settings = settings or get_settings()
+    jid = job_id(kind, args)
+    with _locked(settings, jid):
+        job = read_job(settings, jid)
+        if job and job["state"] in ("queued", "running"):
+            return job
+        if job and job["state"] == "done" and _result_present(settings, job):
+            return job
+        job = {"id": jid, "kind": kind, "args": args, "state": "queued", "progress": 0.0, "message": "queued",
+               "attempts": 0, "worker": None, "heartbeat": None, "error": None, "created": time.time(),
+               "started": None, "finished": None, "history": (job or {}).get("history", [])}
+        _event(job, "queued")
+        _write(settings, job)
+    _enqueue(settings, jid)
+    return job
+
+
+def _enqueue(settings: Settings, jid: str) -> None:
+    get_huey(settings)._convscope_task(jid)
+
+
+def _result_present(settings: Settings, job: dict) -> bool:
+    model = job["args"].get("model") or job["args"].get("name")
+    if job["kind"] == "train":
+        return True
+    return bool(model) and Cache(settings.cache).model_path(model).exists()
+
+
+# ---- running ------------------------------------------------------------------------------------
+def _claim(settings: Settings, jid: str, worker: str) -> Optional[dict]:
+    with _locked(settings, jid):
+        job = read_job(settings, jid)
+        if job is None or job["state"] in ("done", "failed"):
+            return None
+        if job["state"] == "running" and time.time() - (job["heartbeat"] or 0) < STALE_S:
+            return None  # someone alive has it
+        job.update(state="running", worker=worker, heartbeat=time.time(), started=time.time(),
+                   attempts=job["attempts"] + 1, message="starting")
+        _event(job, "started", worker=worker, attempt=job["attempts"])
+        _write(settings, job)
+        return job
+
+
+def _update(settings: Settings, jid: str, worker: str, **fields) -> bool:
+    """Update a job we run; False when another worker has taken it over (we were presumed dead)."""
+    with _locked(settings, jid):
+        job = read_job(settings, jid)
+        if job is None or job.get("worker") != worker or job["state"] != "running":
+            return False
+        job.update(fields, heartbeat=time.time())
+        if fields.get("state") in ("done", "failed"):
+            _event(job, fields["state"], worker=worker, error=fields.get("error"))
+        _write(settings, job)
+        return True
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(jid: str, settings: Optional[Settings] = None) -> Optional[dict]:
+    """Run one job if it can be claimed; returns its final state (None when not ours to run)."""
+    settings = settings or get_settings()
+    me = worker_name()
+    job = _claim(settings, jid, me)
+    if job is None:
+        return read_job(settings, jid)
+    stop = threading.Event()
+    progress = {"fraction": 0.0, "message": "running"}
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            _update(settings, jid, me, progress=progress["fraction"], message=progress["message"])
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+
+    def report(fraction: float, message: str) -> None:
+        progress.update(fraction=round(float(fraction), 4), message=message)
+
+    try:
+        result = _execute(job, settings, report)
+        stop.set()
+        beater.join()
+        _update(settings, jid, me, state="done", progress=1.0, message="done", finished=time.time(), result=result)
+    except BaseException as e:  # noqa: BLE001 - recorded, then decided
+        stop.set()
+        beater.join()
+        user = isinstance(e, UserError) or _is_user_error(e)
+        error = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
+        if user or job["attempts"] >= MAX_ATTEMPTS:
+            _update(settings, jid, me, state="failed", message="failed", error=error, finished=time.time(),
+                    traceback=traceback.format_exc(limit=8))
+        else:
+            _update(settings, jid, me, state="queued", message=f"retrying after: {error}", error=error)
+            _enqueue(settings, jid)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+    return read_job(settings, jid)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    from .names import InvalidName
+    from .registry import UnknownName
+
+    try:
+        from pydantic import ValidationError
+        from .zoo import ModelError
+    except Exception:  # pragma: no cover
+        return False
+    return isinstance(e, (ModelError, UnknownName, InvalidName, ValidationError, ValueError, FileNotFoundError))
+
+
+def _execute(job: dict, settings: Settings, report) -> dict:
+    args = job["args"]
+    if job["kind"] == "precompute":
+        from .pipeline import precompute_model
+
+        record = precompute_model(args["model"], settings, analyses=args.get("analyses"),
+                                  device=args.get("device", settings.device), force=args.get("force", False),
+                                  progress=report)
+        if record["status"] != "done":
+            errors = {k: v for k, v in record["errors"].items() if ":traceback" not in k}
+            raise RuntimeError(f"analyses failed: {errors}")
+        return {"model": args["model"], "status": record["status"], "seconds": record["seconds"]}
+    if job["kind"] == "upload":
+        from .pipeline import precompute_model
+        from .sources import add_user_model
+
+        report(0.02, f"checking {Path(args['path']).name} against {args['arch']}")
+        size = tuple(args["input_size"]) if args.get("input_size") else None
+        add_user_model(Path(args["path"]), args["arch"], args["name"], settings,
+                       dataset=args.get("dataset", "unknown"), input_size=size)
+        record = precompute_model(args["name"], settings, progress=lambda f, m: report(0.05 + 0.95 * f, m))
+        return {"model": args["name"], "status": record["status"]}
+    if job["kind"] == "train":
+        from .experiments import train
+
+        runs = train(args["experiment"], variants=args.get("variants"), dataset=args.get("dataset"),
+                     epochs=args.get("epochs"), device=args.get("device", "auto"), seed=args.get("seed", 0),
+                     settings=settings, progress=report)
+        return {"runs": runs if isinstance(runs, (list, dict)) else str(runs)}
+    raise UserError(f"unknown job kind {job['kind']!r}")
+
+
+def reap(settings: Settings) -> list[str]:
+    """Re-enqueue running jobs whose worker stopped beating (killed); fail them after MAX_ATTEMPTS."""
+    revived = []
+    now = time.time()
+    for job in list_jobs(settings):
+        if job["state"] != "running" or now - (job.get("heartbeat") or 0) < STALE_S:
+            continue
+        with _locked(settings, job["id"]):
+            cur = read_job(settings, job["id"])
+            if not cur or cur["state"] != "running" or now - (cur.get("heartbeat") or 0) < STALE_S:
+                continue
+            _event(cur, "lost", worker=cur.get("worker"))
+            if cur["attempts"] >= MAX_ATTEMPTS:
+                cur.update(state="failed", error=f"worker {cur.get('worker')} died {cur['attempts']} times",
+                           finished=time.time())
+                _write(settings, cur)
+                continue
+            cur.update(state="queued", message=f"requeued: worker {cur.get('worker')} stopped", worker=None)
+            _write(settings, cur)
+        _enqueue(settings, job["id"])
+        revived.append(job["id"])
+    return revived
+
+
+def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every: float = 2.0) -> None:
+    """A worker process: a Huey consumer plus a reaper thread. Blocks until SIGINT/SIGTERM."""
+    settings = settings or get_settings()
+    huey = get_huey(settings)
+    stop = threading.Event()
+
+    def reaper():
+        while not stop.wait(reap_every):
+            try:
+                reap(settings)
+            except Exception:  # the reaper must not die on a transient error
+                traceback.print_exc()
+
+    threading.Thread(target=reaper, daemon=True).start()
+    consumer = huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
+                                    initial_delay=0.05, backoff=1.15, max_delay=0.5)
+    try:
+        consumer.run()
+    finally:
+        stop.set()
