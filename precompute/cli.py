@@ -178,11 +178,18 @@ def cmd_submit(args) -> int:
     from .jobs import submit
     from .zoo import get_spec
 
+    from .zoo import default_specs
+
     settings = get_settings()
+    if not args.names and not args.all:
+        raise CLIError("name at least one model, or --all for the default zoo")
+    names = [s.name for s in default_specs(settings)] if args.all else []
     for name in args.names:
         get_spec(name, settings)
+        if name not in names:
+            names.append(name)
     analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] if args.analyses else None
-    for name in args.names:
+    for name in names:
         job_args = {"model": name, "force": args.force}
         if analyses:
             job_args["analyses"] = analyses
@@ -254,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     wk.set_defaults(func=cmd_worker)
 
     sb = sub.add_parser("submit", help="queue precompute jobs for the workers")
-    sb.add_argument("names", nargs="+", metavar="NAME")
+    sb.add_argument("names", nargs="*", metavar="NAME")
+    sb.add_argument("--all", action="store_true", help="the whole default zoo")
     sb.add_argument("--analyses")
     sb.add_argument("--force", action="store_true")
     sb.set_defaults(func=cmd_submit)

@@ -314,6 +314,10 @@ def reap(settings: Settings) -> list[str]:
     return revived
 
 
+#: touched by a live worker every reap cycle; the container healthcheck reads its age
+ALIVE_FILE = Path(os.environ.get("CONVSCOPE_WORKER_ALIVE_FILE", "/tmp/convscope-worker.alive"))
+
+
 def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every: float = 2.0) -> None:
     """A worker process: a Huey consumer plus a reaper thread. Blocks until SIGINT/SIGTERM."""
     settings = settings or get_settings()
@@ -324,6 +328,7 @@ def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every
         while not stop.wait(reap_every):
             try:
                 reap(settings)
+                ALIVE_FILE.touch()
             except Exception:  # the reaper must not die on a transient error
                 traceback.print_exc()
 
