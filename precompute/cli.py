@@ -48,6 +48,25 @@ def cmd_zoo_list(args) -> int:
     return 0
 
 
+def cmd_zoo_fetch(args) -> int:
+    """Download and verify weights (e.g. at image build time, so nothing downloads at run time)."""
+    from .zoo import default_specs, get_spec, load_model
+
+    settings = get_settings()
+    if not args.names and not args.all:
+        raise CLIError("name at least one model, or --all for the default zoo")
+    specs = default_specs(settings) if args.all else [get_spec(n, settings) for n in args.names]
+    failed = 0
+    for spec in specs:
+        try:
+            loaded = load_model(spec, settings)  # fetches what is missing and checks sha256 + strict load
+            _p(f"{spec.name}: ready ({loaded.file_sha256 or 'seeded'})")
+        except Exception as e:  # report every model, fail at the end
+            failed += 1
+            _p(f"{spec.name}: FAILED: {e}")
+    return 1 if failed else 0
+
+
 def _safe_record(cache, name):
     from .cache import CorruptEntry
 
@@ -220,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     zl = zsub.add_parser("list", help="list models with their status")
     zl.add_argument("--json", action="store_true")
     zl.set_defaults(func=cmd_zoo_list)
+    zf = zsub.add_parser("fetch", help="download and verify weights into the store")
+    zf.add_argument("names", nargs="*", metavar="NAME")
+    zf.add_argument("--all", action="store_true")
+    zf.set_defaults(func=cmd_zoo_fetch)
 
     pc = sub.add_parser("precompute", help="run the analyses over models and cache the results")
     pc.add_argument("names", nargs="*", metavar="NAME")
