@@ -31,11 +31,19 @@ def cmd_zoo_list(args) -> int:
     settings = get_settings()
     cache = Cache(settings.cache)
     rows = []
+    counts: dict = {}
     for spec in all_specs(settings):
         rec = _safe_record(cache, spec.name)
+        if rec:
+            layers = len(rec["inventory"])
+        else:  # not precomputed yet: count the layers of the architecture itself
+            key = (spec.arch, json.dumps(spec.arch_kwargs, sort_keys=True))
+            if key not in counts:
+                counts[key] = _count_layers(spec)
+            layers = counts[key]
         rows.append({"name": spec.name, "arch": spec.arch, "dataset": spec.dataset, "family": spec.family,
                      "source": spec.source.describe().get("kind"), "status": spec.source.status(settings),
-                     "layers": len(rec["inventory"]) if rec else None,
+                     "layers": layers,
                      "precomputed": bool(rec), "accuracy": spec.accuracy})
     if args.json:
         _p(json.dumps(rows, indent=2))
@@ -46,6 +54,22 @@ def cmd_zoo_list(args) -> int:
     for r in rows:
         _p("  ".join(str(r[c] if r[c] is not None else "-").ljust(widths[c]) for c in cols))
     return 0
+
+
+def _count_layers(spec):
+    """Conv + linear + BatchNorm modules of the architecture (None when it cannot be built here)."""
+    from torch import nn
+
+    from .architectures import build
+
+    import torch
+
+    try:
+        with torch.device("meta"):  # no memory, no init cost: only the module structure is needed
+            module = build(spec.arch, **spec.arch_kwargs)
+    except Exception:
+        return None
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) for m in module.modules())
 
 
 def cmd_zoo_fetch(args) -> int:
