@@ -143,15 +143,19 @@ def get_huey(settings: Optional[Settings] = None):
     return _HUEYS[key]
 
 
-def submit(kind: str, args: dict, settings: Optional[Settings] = None) -> dict:
-    """Queue a job unless the same job is queued, running or done; returns its state."""
+def submit(kind: str, args: dict, settings: Optional[Settings] = None, again: bool = False) -> dict:
+    """Queue a job unless the same job is queued, running or done; returns its state.
+
+    ``again`` re-queues a done job (e.g. after a corrupt cache entry was discarded: the pipeline then
+    recomputes only what is missing).
+    """
     settings = settings or get_settings()
     jid = job_id(kind, args)
     with _locked(settings, jid):
         job = read_job(settings, jid)
         if job and job["state"] in ("queued", "running"):
             return job
-        if job and job["state"] == "done" and _result_present(settings, job):
+        if job and job["state"] == "done" and _result_present(settings, job) and not again:
             return job
         job = {"id": jid, "kind": kind, "args": args, "state": "queued", "progress": 0.0, "message": "queued",
                "attempts": 0, "worker": None, "heartbeat": None, "error": None, "created": time.time(),

@@ -1,0 +1,80 @@
+"""Crashes: precompute killed with SIGKILL at random points, then restarted, leaves a complete
+cache where every entry verifies; a corrupted entry is detected and recomputed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from precompute.analyses import ANALYSES
+from precompute.cache import Cache, CorruptEntry
+from precompute.pipeline import precompute_model, result_key
+from precompute.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+STORE = Path(os.environ.get("CONVSCOPE_TEST_STORE", Path.home() / ".cache" / "convscope-test-store"))
+MODEL = "resnet32-random"
+
+
+def _entries_of(cache: Cache, record: dict):
+    for name, info in record["analyses"].items():
+        analysis = ANALYSES.get(name)
+        key = result_key(record["weights_sha256"], analysis, analysis.Params(**info["params"]))
+        for layer in info["layers"]:
+            yield key, layer
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_restart_leaves_a_complete_verified_cache(tmp_path):
+    env = dict(os.environ, CONVSCOPE_DATA_DIR=str(tmp_path), CONVSCOPE_STORE_DIR=str(STORE),
+               CONVSCOPE_DEVICE="cpu")
+    cmd = [sys.executable, "-m", "precompute.cli", "precompute", MODEL]
+    rng = random.Random(1234)
+    cache = Cache(tmp_path / "cache")
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 9.0))  # torch import alone takes ~3 s; kill somewhere in the work
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert cache.verify_all() == []  # whatever was written so far verifies
+    assert kills >= 2, "the run finished too fast to be killed; make the model bigger"
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    record = cache.get_model(MODEL)
+    assert record["status"] == "done"
+    assert set(record["analyses"]) == {a for a, x in ANALYSES.items() if x.scope == "layer"}
+    n = 0
+    for key, layer in _entries_of(cache, record):
+        assert cache.get(key, layer) is not None
+        n += 1
+    assert n > 50
+    assert cache.verify_all() == []
+
+
+@pytest.mark.slow
+def test_corrupted_entry_is_detected_and_recomputed(tmp_path):
+    settings = Settings(data_dir=tmp_path, store_dir=STORE, device="cpu")
+    record = precompute_model("resnet20-random", settings, analyses=["symmetry", "histogram"])
+    cache = Cache(settings.cache)
+    key, layer = next(iter(_entries_of(cache, record)))
+    path = cache.result_path(key, layer)
+    good = cache.get(key, layer).data
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x20  # flip a bit in the payload
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptEntry):
+        cache.get(key, layer)
+    assert [p for p, _ in cache.verify_all()] == [path]
+    precompute_model("resnet20-random", settings, analyses=["symmetry", "histogram"])
+    assert cache.get(key, layer).data == good
+    assert cache.verify_all() == []
