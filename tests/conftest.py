@@ -1,0 +1,43 @@
+"""Shared fixtures.
+
+- ``settings`` (session): for tests on the real zoo. Its store is persistent
+  (``$CONVSCOPE_TEST_STORE``, default ``~/.cache/convscope-test-store``) so the weight wheels are
+  downloaded once per machine; the CIFAR ResNets come from ``../shared/zoo/cifar10-resnets`` beside
+  the checkout when it exists.
+- ``tmp_settings`` (function): everything under the test's ``tmp_path``; nothing leaves it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from precompute.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+ZOO_DIR = REPO.parent / "shared" / "zoo" / "cifar10-resnets"
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> Settings:
+    store = Path(os.environ.get("CONVSCOPE_TEST_STORE", Path.home() / ".cache" / "convscope-test-store"))
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("convscope-data"),
+        store_dir=store,
+        zoo_dir=ZOO_DIR if ZOO_DIR.is_dir() else None,
+    )
+
+
+@pytest.fixture
+def tmp_settings(tmp_path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        cache_dir=tmp_path / "data" / "cache",
+        store_dir=tmp_path / "store",
+        uploads_dir=tmp_path / "data" / "uploads",
+        reference_dir=tmp_path / "reference",
+        zoo_dir=None,
+        pip_args="",
+    )
