@@ -1,0 +1,333 @@
+/* convscope: helpers shared by every page (no framework, no CDN). */
+"use strict";
+
+const CS = (() => {
+  const boot = JSON.parse(document.getElementById("boot").textContent || "{}");
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const enc = encodeURIComponent;
+
+  // ---- API ---------------------------------------------------------------------------------
+  const inflight = new Map();
+  function api(url) {
+    if (!inflight.has(url)) {
+      inflight.set(url, fetch(url, { headers: { Accept: "application/json" } }).then(async (r) => {
+        if (!r.ok) {
+          let msg = r.status + " " + r.statusText;
+          try { msg = (await r.json()).detail || msg; } catch (e) { /* not JSON */ }
+          inflight.delete(url);
+          throw new Error(msg);
+        }
+        return r.json();
+      }));
+    }
+    return inflight.get(url);
+  }
+  const urls = {
+    model: (m) => `/api/models/${enc(m)}`,
+    layer: (m, l) => `/api/models/${enc(m)}/layers/${enc(l)}`,
+    result: (m, l, a) => `/api/models/${enc(m)}/layers/${enc(l)}/${enc(a)}`,
+    neuron: (m, l, i) => `/api/models/${enc(m)}/layers/${enc(l)}/neurons/${i}`,
+    modelPage: (m) => `/models/${enc(m)}`,
+    layerPage: (m, l) => `/models/${enc(m)}/layers/${enc(l)}`,
+    neuronPage: (m, l, i) => `/models/${enc(m)}/layers/${enc(l)}/neurons/${i}`,
+  };
+
+  // ---- toast, copy link --------------------------------------------------------------------
+  let toastTimer = null;
+  function toast(msg) {
+    const t = $("#toast");
+    if (!t) return;
+    t.textContent = msg;
+    t.classList.add("show");
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => t.classList.remove("show"), 1800);
+  }
+  async function copyLink() {
+    const href = location.href;
+    document.body.dataset.copiedUrl = href;
+    try {
+      await navigator.clipboard.writeText(href);
+    } catch (e) {
+      const ta = document.createElement("textarea");
+      ta.value = href;
+      ta.style.position = "fixed";
+      ta.style.opacity = "0";
+      document.body.appendChild(ta);
+      ta.select();
+      try { document.execCommand("copy"); } catch (e2) { /* nothing more to try */ }
+      ta.remove();
+    }
+    toast("Link to this view copied");
+  }
+
+  // ---- URL state ---------------------------------------------------------------------------
+  function query() {
+    const out = {};
+    new URLSearchParams(location.search).forEach((v, k) => { out[k] = v; });
+    return out;
+  }
+  /** Put `params` in the query string (empty values dropped); push a history entry unless replace. */
+  function setQuery(params, opts) {
+    const sp = new URLSearchParams();
+    Object.keys(params).forEach((k) => {
+      const v = params[k];
+      if (v !== undefined && v !== null && v !== "" && v !== false) sp.set(k, v === true ? "1" : String(v));
+    });
+    const qs = sp.toString().replace(/%2C/g, ",").replace(/%3A/g, ":");
+    const url = location.pathname + (qs ? "?" + qs : "") + location.hash;
+    if (url === location.pathname + location.search + location.hash) return false;
+    if (opts && opts.replace) history.replaceState(params, "", url);
+    else history.pushState(params, "", url);
+    return true;
+  }
+  function onPop(fn) { window.addEventListener("popstate", () => fn(query())); }
+
+  // ---- downloads and figure exports ---------------------------------------------------------
+  function safe(s) { return String(s).replace(/[^A-Za-z0-9._-]+/g, "_"); }
+  function download(href, filename) {
+    const a = document.createElement("a");
+    a.href = href;
+    a.download = filename;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+  }
+  function downloadText(text, filename, type) {
+    const url = URL.createObjectURL(new Blob([text], { type }));
+    download(url, filename);
+    setTimeout(() => URL.revokeObjectURL(url), 4000);
+  }
+  function csv(rows) {
+    return rows.map((r) => r.map((v) => {
+      if (v === null || v === undefined) return "";
+      const s = typeof v === "number" ? String(v) : String(v);
+      return /[",\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+    }).join(",")).join("\n") + "\n";
+  }
+  function plotPNG(div) {
+    return Plotly.toImage(div, { format: "png", scale: 2, width: div.clientWidth || 800, height: div.clientHeight || 450 });
+  }
+  /** Wire the PNG / CSV / JSON buttons of figure `#fig-<id>`. handlers: {png(): Promise<dataURL>,
+   *  csv(): rows, json(): object}; `name` is the file stem. A JSON <a> keeps its API href. */
+  function figure(id, name, handlers) {
+    const root = document.getElementById("fig-" + id);
+    if (!root) return;
+    root.dataset.ready = "1";
+    $$("[data-export]", root).forEach((el) => {
+      const kind = el.dataset.export;
+      if (kind === "json" && el.tagName === "A" && !handlers.json) {
+        el.setAttribute("download", safe(name) + ".json");
+        return;
+      }
+      el.onclick = async (ev) => {
+        ev.preventDefault();
+        try {
+          if (kind === "png") download(await handlers.png(), safe(name) + ".png");
+          else if (kind === "csv") downloadText(csv(handlers.csv()), safe(name) + ".csv", "text/csv");
+          else if (kind === "json") downloadText(JSON.stringify(handlers.json(), null, 1), safe(name) + ".json", "application/json");
+        } catch (e) { toast("Export failed: " + e.message); }
+      };
+    });
+  }
+  function showError(container, err) {
+    const el = typeof container === "string" ? document.getElementById(container) : container;
+    if (el) el.innerHTML = `<div class="error-text">${escapeHTML(err.message || String(err))}</div>`;
+  }
+  function escapeHTML(s) {
+    return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  }
+
+  // ---- Plotly ------------------------------------------------------------------------------
+  const palette = ["#4f46e5", "#f97316", "#10b981", "#e11d48", "#0ea5e9", "#a855f7", "#eab308", "#14b8a6",
+    "#f43f5e", "#64748b", "#84cc16", "#ec4899", "#6366f1", "#fb923c", "#22c55e", "#06b6d4", "#8b5cf6", "#facc15", "#475569"];
+  const axis = { gridcolor: "#eef0f4", zerolinecolor: "#d0d5dd", linecolor: "#d0d5dd", tickfont: { size: 11 }, automargin: true };
+  function layout(extra) {
+    const base = {
+      font: { family: getComputedStyle(document.body).fontFamily, size: 12, color: "#344054" },
+      margin: { l: 56, r: 18, t: 12, b: 48 }, paper_bgcolor: "#ffffff", plot_bgcolor: "#ffffff",
+      hoverlabel: { bgcolor: "#0f172a", bordercolor: "#0f172a", font: { color: "#f8fafc", size: 12 } },
+      colorway: palette, legend: { orientation: "h", y: 1.12, x: 0, font: { size: 11.5 } },
+      xaxis: Object.assign({}, axis), yaxis: Object.assign({}, axis),
+    };
+    const out = Object.assign(base, extra || {});
+    Object.keys(out).forEach((k) => {
+      if (/^[xy]axis\d*$/.test(k)) out[k] = Object.assign({}, axis, out[k]);
+    });
+    return out;
+  }
+  /** the diverging scale of the canvases (blue negative, white zero, red positive) for Plotly */
+  const rdbu = [[0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1, "#b2182b"]];
+  const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d", "toImage"] };
+  // Plotly (4.8 MB) is loaded on demand, after `gate` (the layer page draws its neuron grid first).
+  let plotlyPromise = null, gate = Promise.resolve();
+  function plotly() {
+    if (window.Plotly) return Promise.resolve(window.Plotly);
+    if (!plotlyPromise) {
+      plotlyPromise = gate.catch(() => null).then(() => new Promise((resolve, reject) => {
+        const s = document.createElement("script");
+        s.src = "/vendor/plotly.min.js";
+        s.onload = () => resolve(window.Plotly);
+        s.onerror = () => reject(new Error("could not load /vendor/plotly.min.js"));
+        document.head.appendChild(s);
+      }));
+    }
+    return plotlyPromise;
+  }
+  function plotAfter(promise) { gate = promise; }
+  async function plot(id, traces, lay) {
+    const div = typeof id === "string" ? document.getElementById(id) : id;
+    await plotly();
+    div.classList.add("plot");
+    const l = div.querySelector(".loading");
+    if (l) l.remove();
+    await Plotly.react(div, traces, layout(lay), config);
+    div.dataset.rendered = "1";
+    return div;
+  }
+
+  // ---- canvases: neuron images, heatmaps ---------------------------------------------------------
+  const GRID_BG = [11, 16, 32];
+  const CELL_TARGET = { s: 20, m: 32, l: 52 };
+  /** Draw every neuron's reduced form (images[N][kh][kw][3] in [0,1]) into ONE canvas, in `order`.
+   *  Returns {cols, cell, gap, scale, hit(x, y) -> {neuron, position} | null}. */
+  function drawGrid(canvas, images, order, opts) {
+    opts = opts || {};
+    const n = order.length;
+    const kh = images[0].length, kw = images[0][0].length;
+    const scale = Math.max(1, Math.round((CELL_TARGET[opts.cell || "m"] || 32) / Math.max(kh, kw)));
+    const cw = kw * scale, ch = kh * scale, gap = opts.gap == null ? 2 : opts.gap;
+    const avail = Math.max(cw, (opts.width || canvas.parentElement.clientWidth - 20));
+    const cols = Math.max(1, Math.min(n, Math.floor((avail + gap) / (cw + gap))));
+    const rows = Math.ceil(n / cols);
+    const W = cols * (cw + gap) - gap, H = rows * (ch + gap) - gap;
+    canvas.width = W;
+    canvas.height = H;
+    canvas.style.width = W + "px";
+    canvas.style.height = H + "px";
+    const ctx = canvas.getContext("2d");
+    const img = ctx.createImageData(W, H);
+    const px = img.data;
+    for (let i = 0; i < px.length; i += 4) { px[i] = GRID_BG[0]; px[i + 1] = GRID_BG[1]; px[i + 2] = GRID_BG[2]; px[i + 3] = 255; }
+    for (let p = 0; p < n; p++) {
+      const im = images[order[p]];
+      const x0 = (p % cols) * (cw + gap), y0 = Math.floor(p / cols) * (ch + gap);
+      for (let y = 0; y < kh; y++) {
+        const rowv = im[y];
+        for (let x = 0; x < kw; x++) {
+          const c = rowv[x];
+          const r = Math.round(255 * c[0]), g = Math.round(255 * c[1]), b = Math.round(255 * c[2]);
+          for (let dy = 0; dy < scale; dy++) {
+            let o = ((y0 + y * scale + dy) * W + x0 + x * scale) * 4;
+            for (let dx = 0; dx < scale; dx++, o += 4) { px[o] = r; px[o + 1] = g; px[o + 2] = b; }
+          }
+        }
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+    canvas.dataset.count = String(n);
+    canvas.dataset.cols = String(cols);
+    canvas.dataset.cell = String(cw);
+    canvas.dataset.gap = String(gap);
+    const hit = (x, y) => {
+      const sx = canvas.width / canvas.clientWidth, sy = canvas.height / canvas.clientHeight;
+      x *= sx; y *= sy;
+      const c = Math.floor(x / (cw + gap)), r = Math.floor(y / (ch + gap));
+      if (c < 0 || c >= cols || x - c * (cw + gap) >= cw || y - r * (ch + gap) >= ch) return null;
+      const p = r * cols + c;
+      return p >= 0 && p < n ? { neuron: order[p], position: p } : null;
+    };
+    return { cols, cell: cw, gap, scale, hit };
+  }
+  /** Hover tooltip and click navigation for a grid drawn by drawGrid. */
+  function bindGrid(canvas, getGrid, describe, href) {
+    const tip = $("#tooltip");
+    canvas.onmousemove = (ev) => {
+      const g = getGrid();
+      const h = g && g.hit(ev.offsetX, ev.offsetY);
+      if (!h) { tip.hidden = true; canvas.style.cursor = "default"; return; }
+      canvas.style.cursor = "pointer";
+      tip.innerHTML = describe(h);
+      tip.hidden = false;
+      tip.style.left = Math.min(ev.clientX + 14, window.innerWidth - tip.offsetWidth - 8) + "px";
+      tip.style.top = ev.clientY + 14 + "px";
+    };
+    canvas.onmouseleave = () => { tip.hidden = true; };
+    canvas.onclick = (ev) => {
+      const g = getGrid();
+      const h = g && g.hit(ev.offsetX, ev.offsetY);
+      if (h) { tip.hidden = true; location.href = href(h); }
+    };
+  }
+  function drawRGB(canvas, image) {
+    const kh = image.length, kw = image[0].length;
+    canvas.width = kw;
+    canvas.height = kh;
+    const ctx = canvas.getContext("2d");
+    const img = ctx.createImageData(kw, kh);
+    for (let y = 0; y < kh; y++) for (let x = 0; x < kw; x++) {
+      const o = (y * kw + x) * 4, c = image[y][x];
+      img.data[o] = Math.round(255 * c[0]); img.data[o + 1] = Math.round(255 * c[1]); img.data[o + 2] = Math.round(255 * c[2]); img.data[o + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+  const RDBU = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130], [178, 24, 43]];
+  function diverging(t) { // t in [-1, 1]
+    const u = (Math.max(-1, Math.min(1, t)) + 1) / 2 * (RDBU.length - 1);
+    const i = Math.min(RDBU.length - 2, Math.floor(u)), f = u - i;
+    return RDBU[i].map((a, k) => Math.round(a + f * (RDBU[i + 1][k] - a)));
+  }
+  function drawHeat(canvas, matrix, vmax) {
+    const kh = matrix.length, kw = matrix[0].length;
+    canvas.width = kw;
+    canvas.height = kh;
+    const ctx = canvas.getContext("2d");
+    const img = ctx.createImageData(kw, kh);
+    for (let y = 0; y < kh; y++) for (let x = 0; x < kw; x++) {
+      const o = (y * kw + x) * 4, c = diverging(vmax ? matrix[y][x] / vmax : 0);
+      img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+  /** A PNG of several canvases laid out in a row-major grid (for figures made of small canvases). */
+  function composePNG(canvases, labels, opts) {
+    opts = opts || {};
+    const size = opts.size || 96, pad = 14, lab = labels ? 16 : 0;
+    const cols = Math.min(canvases.length, opts.cols || 8), rows = Math.ceil(canvases.length / cols);
+    const out = document.createElement("canvas");
+    out.width = cols * (size + pad) + pad;
+    out.height = rows * (size + pad + lab) + pad;
+    const ctx = out.getContext("2d");
+    ctx.fillStyle = opts.bg || "#ffffff";
+    ctx.fillRect(0, 0, out.width, out.height);
+    ctx.imageSmoothingEnabled = false;
+    ctx.font = "11px sans-serif";
+    ctx.fillStyle = "#344054";
+    canvases.forEach((c, i) => {
+      const x = pad + (i % cols) * (size + pad), y = pad + Math.floor(i / cols) * (size + pad + lab);
+      ctx.drawImage(c, x, y, size, size);
+      if (labels) { ctx.fillStyle = "#344054"; ctx.fillText(labels[i], x, y + size + 12); }
+    });
+    return out.toDataURL("image/png");
+  }
+  /** x range covering the non-empty bins of step traces (shared bins are wide; the weights are not). */
+  function occupiedRange(traces) {
+    let lo = Infinity, hi = -Infinity;
+    traces.forEach((t) => t.y.forEach((v, i) => { if (v > 0) { lo = Math.min(lo, t.x[i]); hi = Math.max(hi, t.x[i]); } }));
+    if (!isFinite(lo)) return undefined;
+    const pad = 0.06 * (hi - lo || 1);
+    return [lo - pad, hi + pad];
+  }
+  function fmt(v, d) { return v === null || v === undefined || Number.isNaN(v) ? "—" : Number(v).toFixed(d === undefined ? 3 : d); }
+  function debounce(fn, ms) { let t; return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); }; }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const b = document.getElementById("copy-link");
+    if (b) b.addEventListener("click", copyLink);
+    if (!boot.page || boot.page === "apidocs") document.body.dataset.ready = "1";
+  });
+
+  return { boot, $, $$, api, urls, enc, toast, copyLink, query, setQuery, onPop, download, downloadText, csv, safe,
+    plotPNG, figure, showError, escapeHTML, palette, rdbu, layout, config, plot, plotly, plotAfter, drawGrid, bindGrid, drawRGB, drawHeat,
+    diverging, composePNG, occupiedRange, fmt, debounce };
+})();

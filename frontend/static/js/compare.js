@@ -1,0 +1,190 @@
+/* Compare: (model, layer) pairs side by side. URL: /compare?pairs=m:l,m:l&k=8&x=depth|index */
+"use strict";
+(() => {
+  const el = (id) => document.getElementById(id);
+  const allModels = CS.boot.models || [];
+  const DEFAULTS = { pairs: "", k: "8", x: "depth" };
+  function read(q) {
+    const s = Object.assign({}, DEFAULTS, q);
+    const k = parseInt(s.k, 10);
+    s.k = String(isNaN(k) ? 8 : Math.max(4, Math.min(19, k)));
+    if (!["depth", "index"].includes(s.x)) s.x = "depth";
+    return { pairs: s.pairs, k: s.k, x: s.x };
+  }
+  let state = read(CS.query());
+  const pairList = () => (state.pairs ? state.pairs.split(",").filter((p) => p.includes(":")) : []);
+  const split = (p) => { const i = p.indexOf(":"); return [p.slice(0, i), p.slice(i + 1)]; };
+  const colour = (i) => CS.palette[i % CS.palette.length];
+
+  function push(changes, replace) {
+    state = Object.assign({}, state, changes);
+    const q = {};
+    Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k] || k === "pairs") q[k] = state[k]; });
+    CS.setQuery(q, { replace: !!replace });
+    render();
+  }
+  CS.onPop((q) => { state = read(q); render(); });
+
+  const nmfLayers = async (m) => ((await CS.api(CS.urls.model(m))).analyses.nmf || {}).layers || [];
+
+  async function defaults() {
+    const out = [];
+    for (const m of allModels.slice(0, 2)) {
+      try { const ls = await nmfLayers(m); if (ls.length) out.push(`${m}:${ls[Math.min(1, ls.length - 1)]}`); } catch (e) { /* skip */ }
+    }
+    return out.join(",");
+  }
+
+  // ---- editor ----------------------------------------------------------------------------------
+  function renderEditor() {
+    const pairs = pairList();
+    el("pairs").innerHTML = pairs.length ? pairs.map((p, i) => {
+      const [m, l] = split(p);
+      return `<div class="pair"><span class="idx" style="background:${colour(i)}">${i + 1}</span><span class="name"><a href="${CS.urls.layerPage(m, l)}">${CS.escapeHTML(m)} · ${CS.escapeHTML(l)}</a></span>` +
+        `<button type="button" class="btn btn-small" data-remove="${i}">Remove</button></div>`;
+    }).join("") : `<p class="muted">No pairs yet: choose a model and a layer below.</p>`;
+    CS.$$("[data-remove]", el("pairs")).forEach((b) => {
+      b.onclick = () => push({ pairs: pairs.filter((_, j) => j !== Number(b.dataset.remove)).join(",") });
+    });
+    el("k-select").value = state.k;
+    el("x-select").value = state.x;
+  }
+  async function setupEditor() {
+    const ms = el("add-model"), ls = el("add-layer");
+    ms.innerHTML = allModels.map((m) => `<option>${CS.escapeHTML(m)}</option>`).join("");
+    const fill = async () => {
+      try { ls.innerHTML = (await nmfLayers(ms.value)).map((l) => `<option>${CS.escapeHTML(l)}</option>`).join(""); } catch (e) { ls.innerHTML = ""; }
+    };
+    ms.onchange = fill;
+    await fill();
+    el("add-pair").onclick = () => {
+      if (!ms.value || !ls.value) return;
+      const p = `${ms.value}:${ls.value}`;
+      if (!pairList().includes(p)) push({ pairs: pairList().concat([p]).join(",") });
+    };
+    el("k-select").onchange = (ev) => push({ k: ev.target.value });
+    el("x-select").onchange = (ev) => push({ x: ev.target.value });
+  }
+
+  // ---- figures ---------------------------------------------------------------------------------
+  let nmfs = [], hists = [], clusters = null;
+  async function renderGrids(pairs) {
+    const box = el("compare-grids");
+    box.innerHTML = "";
+    nmfs = await Promise.all(pairs.map(async (p) => { const [m, l] = split(p); return (await CS.api(CS.urls.result(m, l, "nmf"))).data; }));
+    const width = pairs.length > 1 ? Math.max(260, Math.floor((box.clientWidth - 16 * (Math.min(pairs.length, 3) - 1)) / Math.min(pairs.length, 3)) - 24) : box.clientWidth - 24;
+    pairs.forEach((p, i) => {
+      const [m, l] = split(p);
+      const wrap = document.createElement("div");
+      wrap.className = "compare-grid";
+      wrap.innerHTML = `<h4><span class="swatch" style="background:${colour(i)}"></span>${CS.escapeHTML(m)} · ${CS.escapeHTML(l)} <span class="muted">(${nmfs[i].order.length}, banding ${CS.fmt(nmfs[i].banding_index, 2)})</span></h4><div class="grid-wrap"><canvas class="neuron-grid"></canvas></div>`;
+      box.appendChild(wrap);
+      const canvas = wrap.querySelector("canvas");
+      const g = CS.drawGrid(canvas, nmfs[i].images, nmfs[i].order, { cell: "m", width });
+      CS.bindGrid(canvas, () => g, (h) => `${CS.escapeHTML(m)} · ${CS.escapeHTML(l)} · neuron <b>${h.neuron}</b>`, (h) => CS.urls.neuronPage(m, l, h.neuron));
+    });
+    CS.figure("grids", "compare_grids", {
+      png: async () => CS.composePNG(CS.$$("canvas", box), pairs, { size: 300, cols: Math.min(3, pairs.length), bg: "#0b1020" }),
+      csv: () => [["pair", "position", "neuron", "error"]].concat(pairs.flatMap((p, i) => nmfs[i].order.map((j, q) => [p, q, j, (nmfs[i].error || [])[j]]))),
+      json: () => ({ pairs, nmf: nmfs.map((n) => ({ order: n.order, banding_index: n.banding_index })) }),
+    });
+  }
+
+  async function renderClusters(pairs) {
+    const div = el("plot-clusters");
+    el("centroids").innerHTML = "";
+    const kernels = new Set(nmfs.map((n) => (n.kernel || [n.images[0].length, n.images[0][0].length]).join("x")));
+    if (kernels.size > 1) {
+      div.innerHTML = `<div class="loading">These layers have different kernel sizes (${[...kernels].join(", ")}); choose layers with the same kernel size to cluster them together.</div>`;
+      return;
+    }
+    const total = nmfs.reduce((a, n) => a + n.order.length, 0);
+    if (Number(state.k) > total) { div.innerHTML = `<div class="loading">k = ${state.k} is more than the ${total} neurons chosen.</div>`; return; }
+    const url = `/api/clusters?pairs=${pairs.map(encodeURIComponent).join(",")}&k=${state.k}`;
+    el("clusters-json").href = url;
+    try { clusters = await CS.api(url); } catch (e) { CS.showError(div, e); return; }
+    const k = clusters.k;
+    const labels = pairs.map((p, i) => `${i + 1}. ${p}`);
+    await CS.plot(div, Array.from({ length: k }, (_, c) => ({
+      type: "bar", name: `cluster ${c + 1}`, x: labels, y: clusters.proportions.map((r) => r[c]), marker: { color: colour(c), line: { color: "#fff", width: 0.6 } },
+      hovertemplate: `%{x}<br>cluster ${c + 1}: %{y:.1%}<extra></extra>`,
+    })), { barmode: "stack", height: 360, yaxis: { tickformat: ".0%", range: [0, 1], title: { text: "share of neurons" } }, xaxis: { type: "category", tickfont: { size: 10.5 } }, legend: { orientation: "v", x: 1.02, y: 1 } });
+    const cbox = el("centroids");
+    clusters.centroids.forEach((img, c) => {
+      const d = document.createElement("div");
+      const cv = document.createElement("canvas");
+      CS.drawRGB(cv, img);
+      cv.style.borderColor = colour(c);
+      d.appendChild(cv);
+      d.appendChild(document.createTextNode(`${c + 1} · ${clusters.sizes[c]}`));
+      cbox.appendChild(d);
+    });
+  }
+
+  async function renderProfiles(pairs) {
+    const models = [...new Set(pairs.map((p) => split(p)[0]))];
+    const details = await Promise.all(models.map((m) => CS.api(CS.urls.model(m))));
+    const xOf = (p, i) => (state.x === "depth" ? p.depth : i);
+    const xTitle = state.x === "depth" ? "relative depth (conv layers)" : "conv layer index";
+    const lines = (key, val) => details.map((d, j) => {
+      const rows = d.profiles[key].filter((p) => val(p) !== null && val(p) !== undefined && (key !== "gamma" || p.depth !== null));
+      return { type: "scatter", mode: "lines+markers", name: models[j], x: rows.map((p, i) => xOf(p, i)), y: rows.map(val), customdata: rows.map((p) => p.layer),
+        line: { color: colour(j), width: 2 }, marker: { size: 6 }, hovertemplate: `${CS.escapeHTML(models[j])}<br>%{customdata}: %{y:.3f}<extra></extra>` };
+    });
+    const click = (div) => { if (!div.dataset.bound) { div.dataset.bound = "1"; div.on("plotly_click", (ev) => { const p = ev.points[0]; location.href = CS.urls.layerPage(models[p.curveNumber], p.customdata); }); } };
+    await CS.plot("plot-csymmetry", lines("symmetry", (p) => p.value), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { range: [0, 1.02], title: { text: "symmetry S" } } }).then(click);
+    await CS.plot("plot-cbanding", lines("banding", (p) => p.value), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { range: [-1.05, 1.05], title: { text: "banding index" } } }).then(click);
+    await CS.plot("plot-cgamma", lines("gamma", (p) => p.values["0.05"]), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { rangemode: "tozero", tickformat: ".0%", title: { text: "|γ| < 0.05" } } }).then(click);
+    const rowsOf = (key, val) => [["model", "layer", "x", key]].concat(details.flatMap((d, j) => d.profiles[key].map((p, i) => [models[j], p.layer, xOf(p, i), val(p)])));
+    CS.figure("csymmetry", "compare_symmetry", { png: () => CS.plotPNG(el("plot-csymmetry")), csv: () => rowsOf("symmetry", (p) => p.value), json: () => details.map((d) => ({ model: d.name, symmetry: d.profiles.symmetry })) });
+    CS.figure("cbanding", "compare_banding", { png: () => CS.plotPNG(el("plot-cbanding")), csv: () => rowsOf("banding", (p) => p.value), json: () => details.map((d) => ({ model: d.name, banding: d.profiles.banding })) });
+    CS.figure("cgamma", "compare_small_gamma", { png: () => CS.plotPNG(el("plot-cgamma")), csv: () => rowsOf("gamma", (p) => p.values["0.05"]), json: () => details.map((d) => ({ model: d.name, gamma: d.profiles.gamma })) });
+  }
+
+  async function renderHistograms(pairs) {
+    hists = await Promise.all(pairs.map(async (p) => { const [m, l] = split(p); return (await CS.api(CS.urls.result(m, l, "histogram"))).data; }));
+    const htraces = hists.map((h, i) => {
+      const total = h.counts.reduce((a, b) => a + b, 0) || 1;
+      return { type: "scatter", mode: "lines", name: pairs[i], x: h.counts.map((_, j) => (h.edges[j] + h.edges[j + 1]) / 2), y: h.counts.map((c) => c / total),
+        line: { shape: "hvh", color: colour(i), width: 1.8 }, hovertemplate: `${CS.escapeHTML(pairs[i])}<br>w ≈ %{x:.3g}: %{y:.2%}<extra></extra>` };
+    });
+    await CS.plot("plot-chistogram", htraces, { height: 320, xaxis: { title: { text: "weight w (shared bins)" }, range: CS.occupiedRange(htraces) }, yaxis: { tickformat: ".1%", title: { text: "share of weights" } } });
+    CS.figure("chistogram", "compare_histograms", {
+      png: () => CS.plotPNG(el("plot-chistogram")),
+      csv: () => [["bin_left", "bin_right"].concat(pairs)].concat(hists[0].edges.slice(0, -1).map((e, j) => [e, hists[0].edges[j + 1]].concat(hists.map((h) => h.counts[j])))),
+      json: () => pairs.map((p, i) => ({ pair: p, histogram: hists[i] })),
+    });
+  }
+
+  let renderSeq = 0;
+  async function render() {
+    const seq = ++renderSeq;
+    document.body.dataset.ready = "";
+    renderEditor();
+    const pairs = pairList();
+    if (!pairs.length) {
+      ["plot-clusters", "plot-csymmetry", "plot-cbanding", "plot-chistogram", "plot-cgamma"].forEach((id) => { el(id).innerHTML = `<div class="loading">add a (model, layer) pair</div>`; });
+      el("compare-grids").innerHTML = "";
+      document.body.dataset.ready = "1";
+      return;
+    }
+    try {
+      await renderGrids(pairs);
+      if (seq !== renderSeq) return;
+      await Promise.all([renderClusters(pairs), renderProfiles(pairs), renderHistograms(pairs)]);
+    } catch (e) { CS.toast(e.message); }
+    CS.figure("clusters", "compare_clusters", {
+      png: () => CS.plotPNG(el("plot-clusters")),
+      csv: () => clusters ? [["pair"].concat(Array.from({ length: clusters.k }, (_, c) => `cluster_${c + 1}`))].concat(clusters.pairs.map((p, i) => [p.join(":")].concat(clusters.proportions[i]))) : [],
+    });
+    if (seq === renderSeq) document.body.dataset.ready = "1";
+  }
+
+  (async () => {
+    await setupEditor();
+    if (!state.pairs && allModels.length) {
+      state.pairs = await defaults();
+      push({}, true);
+    } else render();
+  })();
+})();

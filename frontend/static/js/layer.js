@@ -1,0 +1,299 @@
+/* Layer page: neuron grid (one canvas), mean kernel, histogram with overlays, gamma/beta, SVD scatter,
+ * fc-spatial. View parameters live in the query string:
+ *   cell=s|m|l  ylog=1  abslog=1  overlay=model:layer,...  svd=svd|pca  cx=0  cy=1
+ * Controls push a history entry; back/forward restore the view (popstate). */
+"use strict";
+(() => {
+  const C = CS.boot.context;
+  const model = CS.boot.model, layer = CS.boot.layer;
+  const has = (a) => C.analyses.includes(a);
+  const stem = (s) => `${model}_${layer}_${s}`;
+  const el = (id) => document.getElementById(id);
+
+  const DEFAULTS = { cell: "m", ylog: "", abslog: "", overlay: "", svd: "svd", cx: "0", cy: "1" };
+  function read(q) {
+    const s = Object.assign({}, DEFAULTS);
+    Object.keys(DEFAULTS).forEach((k) => { if (q[k] !== undefined) s[k] = q[k]; });
+    if (!["s", "m", "l"].includes(s.cell)) s.cell = "m";
+    if (!["svd", "pca"].includes(s.svd)) s.svd = "svd";
+    s.ylog = s.ylog === "1" ? "1" : "";
+    s.abslog = s.abslog === "1" ? "1" : "";
+    return s;
+  }
+  let state = read(CS.query());
+  function push(changes) {
+    state = Object.assign({}, state, changes);
+    const q = {};
+    Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k]) q[k] = state[k]; });
+    CS.setQuery(q);
+    render();
+  }
+  CS.onPop((q) => { state = read(q); render(); });
+
+  // ---- neuron grid -------------------------------------------------------------------------
+  let grid = null, nmf = null;
+  function drawNeuronGrid() {
+    if (!nmf) return;
+    const canvas = el("neuron-grid");
+    const t0 = performance.now();
+    grid = CS.drawGrid(canvas, nmf.images, nmf.order, { cell: state.cell, width: el("plot-grid").clientWidth - 20 });
+    canvas.dataset.drawMs = String(Math.round(performance.now() - t0));
+    canvas.dataset.shownAt = String(Math.round(performance.now()));
+  }
+  async function setupGrid() {
+    const canvas = el("neuron-grid");
+    try {
+      nmf = (await CS.api(CS.urls.result(model, layer, "nmf"))).data;
+    } catch (e) { CS.showError("plot-grid", e); return; }
+    drawNeuronGrid();
+    const errs = nmf.error || [];
+    const median = errs.length ? errs.slice().sort((a, b) => a - b)[Math.floor(errs.length / 2)] : null;
+    el("grid-stats").innerHTML = `<span><b>${nmf.order.length}</b> neurons</span><span>banding index <b>${CS.fmt(nmf.banding_index, 3)}</b></span>` +
+      `<span>median NMF error <b>${CS.fmt(median, 3)}</b></span>`;
+    el("colour-rule").textContent = nmf.colour_rule || "";
+    const pos = new Map(nmf.order.map((j, p) => [j, p]));
+    CS.bindGrid(canvas, () => grid, (h) => `neuron <b>${h.neuron}</b> · #${h.position + 1} in order · error ${CS.fmt((nmf.error || [])[h.neuron])}`,
+      (h) => CS.urls.neuronPage(model, layer, h.neuron));
+    window.addEventListener("resize", CS.debounce(drawNeuronGrid, 150));
+    el("grid-cell").onchange = (ev) => push({ cell: ev.target.value });
+    CS.figure("grid", stem("neuron_grid"), {
+      png: async () => canvas.toDataURL("image/png"),
+      csv: () => [["position", "neuron", "error", "energy"]].concat(nmf.order.map((j, p) => [p, j, (nmf.error || [])[j], (nmf.energy || [])[j]])),
+    });
+    void pos;
+  }
+
+  // ---- mean kernel -------------------------------------------------------------------------
+  async function setupSymmetry() {
+    let d;
+    try { d = (await CS.api(CS.urls.result(model, layer, "symmetry"))).data; } catch (e) { CS.showError("plot-symmetry", e); return; }
+    const K = d.mean_kernel, vmax = Math.max(...K.flat().map(Math.abs)) || 1;
+    const names = Object.keys(d.distances);
+    await CS.plot("plot-symmetry", [
+      { type: "heatmap", z: K, zmin: -vmax, zmax: vmax, colorscale: CS.rdbu, showscale: true, xaxis: "x", yaxis: "y",
+        colorbar: { thickness: 10, len: 0.85, x: 0.4, xpad: 4, tickfont: { size: 10 } }, hovertemplate: "row %{y}, col %{x}<br>%{z:.4g}<extra></extra>",
+        text: K.map((r) => r.map((v) => v.toPrecision(2))), texttemplate: K.length <= 7 ? "%{text}" : "", textfont: { size: 10 } },
+      { type: "bar", orientation: "h", x: names.map((n) => d.distances[n]), y: names, xaxis: "x2", yaxis: "y2", marker: { color: "#a5b4fc" },
+        hovertemplate: "%{y}: %{x:.3f}<extra></extra>" },
+    ], {
+      height: 300, showlegend: false, margin: { l: 30, r: 10, t: 30, b: 40 },
+      xaxis: { domain: [0, 0.36], showgrid: false, zeroline: false, constrain: "domain", dtick: 1, title: { text: "x" } },
+      yaxis: { autorange: "reversed", showgrid: false, zeroline: false, scaleanchor: "x", dtick: 1, title: { text: "y" } },
+      xaxis2: { domain: [0.68, 1], title: { text: "‖T(K̂) − K̂‖" }, rangemode: "tozero" }, yaxis2: { anchor: "x2", automargin: true, tickfont: { size: 10.5 } },
+      annotations: [{ xref: "paper", yref: "paper", x: 0, y: 1.1, xanchor: "left", showarrow: false,
+        text: `<b>S = ${d.score.toFixed(3)}</b>${d.strided ? " · strided*" : ""}${d.uneven_padding ? " · <span style='color:#f97316'>uneven padding</span>" : ""}`, font: { size: 13 } }],
+    });
+    CS.figure("symmetry", stem("mean_kernel"), {
+      png: () => CS.plotPNG(el("plot-symmetry")),
+      csv: () => [["row"].concat(K[0].map((_, j) => "col" + j))].concat(K.map((r, i) => [i].concat(r))).concat([[], ["score", d.score]]).concat(names.map((n) => [n, d.distances[n]])),
+    });
+  }
+
+  // ---- histogram with overlays ----------------------------------------------------------------
+  let histMain = null;
+  const overlayData = new Map();
+  function overlays() { return state.overlay ? state.overlay.split(",").filter(Boolean) : []; }
+  async function histOf(pair) {
+    const i = pair.indexOf(":");
+    const m = pair.slice(0, i), l = pair.slice(i + 1);
+    return (await CS.api(CS.urls.result(m, l, "histogram"))).data;
+  }
+  function histTrace(h, name, color, main) {
+    const log = state.abslog === "1";
+    const edges = log ? h.log_edges : h.edges, counts = log ? h.log_counts : h.counts;
+    const total = counts.reduce((a, b) => a + b, 0) || 1;
+    const x = [], y = [];
+    counts.forEach((c, i) => { x.push((edges[i] + edges[i + 1]) / 2); y.push(c / total); });
+    return { type: "scatter", mode: "lines", name, x, y, line: { shape: "hvh", color, width: main ? 2 : 1.6 },
+      fill: main ? "tozeroy" : "none", fillcolor: "rgba(79,70,229,0.12)",
+      hovertemplate: `${CS.escapeHTML(name)}<br>${log ? "log₁₀|w|" : "w"} ≈ %{x:.3g}<br>share %{y:.3%}<extra></extra>` };
+  }
+  async function renderHistogram() {
+    if (!has("histogram")) return;
+    el("hist-ylog").checked = state.ylog === "1";
+    el("hist-abslog").checked = state.abslog === "1";
+    try { histMain = histMain || (await CS.api(CS.urls.result(model, layer, "histogram"))).data; } catch (e) { CS.showError("plot-histogram", e); return; }
+    const ov = overlays();
+    const datas = [];
+    for (const p of ov) {
+      try { if (!overlayData.has(p)) overlayData.set(p, await histOf(p)); datas.push([p, overlayData.get(p)]); } catch (e) { CS.toast(`overlay ${p}: ${e.message}`); }
+    }
+    const traces = [histTrace(histMain, `${model}:${layer}`, CS.palette[0], true)].concat(datas.map(([p, h], i) => histTrace(h, p, CS.palette[(i + 1) % CS.palette.length], false)));
+    await CS.plot("plot-histogram", traces, {
+      height: 330, showlegend: ov.length > 0,
+      xaxis: { title: { text: state.abslog === "1" ? "log₁₀ |w|" : "weight w" }, range: CS.occupiedRange(traces) },
+      yaxis: state.ylog === "1" ? { type: "log", title: { text: "share of weights" }, dtick: 1, exponentformat: "power" }
+        : { type: "linear", title: { text: "share of weights" }, tickformat: ".1%" },
+    });
+    const rows = [[`${model}:${layer}`, histMain]].concat(datas);
+    el("hist-stats").innerHTML = `<table><thead><tr><th>layer</th><th>mean</th><th>std</th><th>kurtosis</th><th>near zero</th><th>top-10% L1 share</th></tr></thead><tbody>` +
+      rows.map(([n, h], i) => `<tr><td><span class="swatch" style="background:${CS.palette[i % CS.palette.length]}"></span>${CS.escapeHTML(n)}</td><td>${CS.fmt(h.mean, 4)}</td><td>${CS.fmt(h.std, 4)}</td><td>${CS.fmt(h.kurtosis, 2)}</td><td>${(100 * h.near_zero).toFixed(2)} %</td><td>${(100 * h.top10_l1_share).toFixed(1)} %</td></tr>`).join("") + "</tbody></table>";
+    el("ov-chips").innerHTML = ov.map((p, i) => `<button type="button" class="chip" data-pair="${CS.escapeHTML(p)}" title="remove"><span class="swatch" style="background:${CS.palette[(i + 1) % CS.palette.length]}"></span>${CS.escapeHTML(p)}<span class="x">×</span></button>`).join("");
+    CS.$$("#ov-chips .chip").forEach((b) => { b.onclick = () => push({ overlay: ov.filter((p) => p !== b.dataset.pair).join(",") }); });
+  }
+  async function setupHistogram() {
+    if (!has("histogram")) return;
+    el("hist-ylog").onchange = (ev) => push({ ylog: ev.target.checked ? "1" : "" });
+    el("hist-abslog").onchange = (ev) => push({ abslog: ev.target.checked ? "1" : "" });
+    const msel = el("ov-model"), lsel = el("ov-layer");
+    const fillLayers = async () => {
+      const m = msel.value;
+      try {
+        const d = await CS.api(CS.urls.model(m));
+        const ls = (d.analyses.histogram || {}).layers || [];
+        lsel.innerHTML = ls.filter((l) => !(m === model && l === layer)).map((l) => `<option>${CS.escapeHTML(l)}</option>`).join("");
+      } catch (e) { lsel.innerHTML = ""; }
+    };
+    try {
+      const list = (await CS.api("/api/models")).models;
+      msel.innerHTML = list.map((m) => `<option ${m.name === model ? "selected" : ""}>${CS.escapeHTML(m.name)}</option>`).join("");
+    } catch (e) { msel.innerHTML = `<option>${CS.escapeHTML(model)}</option>`; }
+    msel.onchange = fillLayers;
+    await fillLayers();
+    el("ov-add").onclick = () => {
+      const p = `${msel.value}:${lsel.value}`;
+      if (!lsel.value || overlays().includes(p)) return;
+      push({ overlay: overlays().concat([p]).join(",") });
+    };
+    CS.figure("histogram", stem("histogram"), {
+      png: () => CS.plotPNG(el("plot-histogram")),
+      csv: () => {
+        const log = state.abslog === "1";
+        const hs = [[`${model}:${layer}`, histMain]].concat(overlays().filter((p) => overlayData.has(p)).map((p) => [p, overlayData.get(p)]));
+        const edges = log ? histMain.log_edges : histMain.edges;
+        return [["bin_left", "bin_right"].concat(hs.map(([n]) => n))].concat(edges.slice(0, -1).map((e, i) => [e, edges[i + 1]].concat(hs.map(([, h]) => (log ? h.log_counts : h.counts)[i]))));
+      },
+    });
+  }
+
+  // ---- batchnorm -----------------------------------------------------------------------------
+  async function setupBatchnorm() {
+    const bnLayer = C.row.type === "batchnorm" ? layer : C.bn;
+    if (!el("fig-batchnorm") || !bnLayer) return;
+    let d;
+    try { d = (await CS.api(CS.urls.result(model, bnLayer, "batchnorm"))).data; } catch (e) { CS.showError("plot-batchnorm", e); return; }
+    const lines = [];
+    [0.01, 0.05, 0.1].forEach((t) => [t, -t].forEach((v) => lines.push({ type: "line", xref: "x", yref: "paper", x0: v, x1: v, y0: 0, y1: 1, line: { color: "#e11d48", width: 1, dash: "dot" } })));
+    await CS.plot("plot-batchnorm", [
+      { type: "histogram", x: d.gamma, name: "γ", nbinsx: 40, marker: { color: "#4f46e5", line: { color: "#fff", width: 0.5 } }, xaxis: "x", yaxis: "y", hovertemplate: "γ %{x}<br>%{y} channels<extra></extra>" },
+      { type: "histogram", x: d.beta, name: "β", nbinsx: 40, marker: { color: "#10b981", line: { color: "#fff", width: 0.5 } }, xaxis: "x2", yaxis: "y2", hovertemplate: "β %{x}<br>%{y} channels<extra></extra>" },
+    ], {
+      height: 300, showlegend: false, shapes: lines, margin: { l: 46, r: 12, t: 34, b: 44 },
+      xaxis: { domain: [0, 0.47], title: { text: "γ (scale)" } }, yaxis: { title: { text: "channels" } },
+      xaxis2: { domain: [0.55, 1], title: { text: "β (shift)" } }, yaxis2: { anchor: "x2" },
+      annotations: [{ xref: "paper", yref: "paper", x: 0, y: 1.13, xanchor: "left", showarrow: false, font: { size: 12 },
+        text: `|γ| < 0.01: <b>${(100 * d.frac_below["0.01"]).toFixed(1)} %</b> · < 0.05: <b>${(100 * d.frac_below["0.05"]).toFixed(1)} %</b> · < 0.1: <b>${(100 * d.frac_below["0.1"]).toFixed(1)} %</b>` }],
+    });
+    CS.figure("batchnorm", `${model}_${bnLayer}_batchnorm`, {
+      png: () => CS.plotPNG(el("plot-batchnorm")),
+      csv: () => [["channel", "gamma", "beta"]].concat(d.gamma.map((g, i) => [i, g, d.beta[i]])),
+    });
+  }
+
+  // ---- fc spatial ---------------------------------------------------------------------------
+  async function setupFcSpatial() {
+    if (!has("fc-spatial")) return;
+    let d;
+    try { d = (await CS.api(CS.urls.result(model, layer, "fc-spatial"))).data; } catch (e) { CS.showError("plot-fcspatial", e); return; }
+    await CS.plot("plot-fcspatial", [
+      { type: "heatmap", z: d.map, colorscale: "Viridis", xaxis: "x", yaxis: "y", colorbar: { thickness: 10, x: 0.5, len: 0.9 }, hovertemplate: "y %{y}, x %{x}<br>mean |w| %{z:.4g}<extra></extra>" },
+      { type: "scatter", mode: "lines+markers", x: d.by_y, y: d.by_y.map((_, i) => i), xaxis: "x2", yaxis: "y2", name: "by y", line: { color: "#4f46e5" } },
+      { type: "scatter", mode: "lines+markers", x: d.by_x.map((_, i) => i), y: d.by_x, xaxis: "x3", yaxis: "y3", name: "by x", line: { color: "#f97316" } },
+    ], {
+      height: 320, showlegend: false, margin: { l: 40, r: 10, t: 26, b: 44 },
+      xaxis: { domain: [0, 0.45], title: { text: "x" } }, yaxis: { autorange: "reversed", title: { text: "y" } },
+      xaxis2: { domain: [0.58, 0.76], title: { text: "mean |w| by y" } }, yaxis2: { anchor: "x2", autorange: "reversed" },
+      xaxis3: { domain: [0.82, 1], title: { text: "x" } }, yaxis3: { anchor: "x3", title: { text: "by x" } },
+      annotations: [{ xref: "paper", yref: "paper", x: 0, y: 1.1, xanchor: "left", showarrow: false, text: `input reshaped to C×H×W = ${d.shape.join("×")}` }],
+    });
+    CS.figure("fcspatial", stem("fc_spatial"), {
+      png: () => CS.plotPNG(el("plot-fcspatial")),
+      csv: () => [["y"].concat(d.map[0].map((_, j) => "x" + j))].concat(d.map.map((r, i) => [i].concat(r))),
+    });
+  }
+
+  // ---- SVD ------------------------------------------------------------------------------------
+  let svd = null;
+  async function renderSvd() {
+    if (!has("svd")) return;
+    try { svd = svd || (await CS.api(CS.urls.result(model, layer, "svd"))).data; } catch (e) { CS.showError("plot-svd", e); return; }
+    const k = svd.u[0].length;
+    const cx = Math.min(k - 1, Math.max(0, parseInt(state.cx, 10) || 0));
+    const cy = Math.min(k - 1, Math.max(0, isNaN(parseInt(state.cy, 10)) ? 1 : parseInt(state.cy, 10)));
+    ["svd-cx", "svd-cy"].forEach((id, w) => {
+      const s = el(id);
+      if (s.options.length !== k) s.innerHTML = Array.from({ length: k }, (_, i) => `<option value="${i}">${i}</option>`).join("");
+      s.value = String(w ? cy : cx);
+    });
+    el("svd-mode").value = state.svd;
+    const pca = state.svd === "pca" && svd.pca;
+    const U = pca ? svd.pca.u : svd.u, V = pca ? svd.pca.v : svd.v;
+    const prop = svd.feeder_property || { name: "", values: [] };
+    const tag = pca ? "PC" : "singular vector ";
+    await CS.plot("plot-svd", [
+      { type: "scatter", mode: "markers", x: V.map((r) => r[cx]), y: V.map((r) => r[cy]), customdata: V.map((_, i) => i), xaxis: "x", yaxis: "y",
+        marker: { size: 8, color: prop.values, colorscale: "Viridis", showscale: true, colorbar: { title: { text: prop.name, side: "right" }, thickness: 10, x: 0.46, len: 0.9 }, line: { color: "#fff", width: 0.5 } },
+        hovertemplate: `${CS.escapeHTML(svd.feeder)} neuron %{customdata}<br>${CS.escapeHTML(prop.name)} %{marker.color:.3g}<extra></extra>` },
+      { type: "scatter", mode: "markers", x: U.map((r) => r[cx]), y: U.map((r) => r[cy]), customdata: U.map((_, i) => i), xaxis: "x2", yaxis: "y2",
+        marker: { size: 8, color: "#4f46e5", opacity: 0.8, symbol: "diamond", line: { color: "#fff", width: 0.5 } },
+        hovertemplate: `${CS.escapeHTML(layer)} neuron %{customdata}<extra></extra>` },
+    ], {
+      height: 420, showlegend: false, margin: { l: 50, r: 14, t: 34, b: 50 },
+      xaxis: { domain: [0, 0.42], title: { text: `${tag}${cx}` } }, yaxis: { title: { text: `${tag}${cy}` } },
+      xaxis2: { domain: [0.56, 1], title: { text: `${tag}${cx}` } }, yaxis2: { anchor: "x2", title: { text: `${tag}${cy}` } },
+      annotations: [
+        { xref: "paper", yref: "paper", x: 0, y: 1.08, xanchor: "left", showarrow: false, text: `<b>${CS.escapeHTML(svd.feeder)}</b> (feeder, right vectors)` },
+        { xref: "paper", yref: "paper", x: 0.56, y: 1.08, xanchor: "left", showarrow: false, text: `<b>${CS.escapeHTML(layer)}</b> (this layer, left vectors)` },
+      ],
+    });
+    const div = el("plot-svd");
+    if (!div.dataset.bound) {
+      div.dataset.bound = "1";
+      div.on("plotly_click", (ev) => {
+        const p = ev.points && ev.points[0];
+        if (!p) return;
+        location.href = p.curveNumber === 0 ? CS.urls.neuronPage(model, svd.feeder, p.customdata) : CS.urls.neuronPage(model, layer, p.customdata);
+      });
+    }
+  }
+  function setupSvd() {
+    if (!has("svd")) return;
+    el("svd-mode").onchange = (ev) => push({ svd: ev.target.value });
+    el("svd-cx").onchange = (ev) => push({ cx: ev.target.value });
+    el("svd-cy").onchange = (ev) => push({ cy: ev.target.value });
+    CS.figure("svd", stem("svd"), {
+      png: () => CS.plotPNG(el("plot-svd")),
+      csv: () => {
+        const pca = state.svd === "pca" && svd.pca;
+        const U = pca ? svd.pca.u : svd.u, V = pca ? svd.pca.v : svd.v, pv = (svd.feeder_property || {}).values || [];
+        return [["layer", "neuron"].concat(U[0].map((_, i) => (pca ? "pc" : "sv") + i)).concat(["property"])]
+          .concat(V.map((r, i) => [svd.feeder, i].concat(r).concat([pv[i]]))).concat(U.map((r, i) => [layer, i].concat(r).concat([""])));
+      },
+    });
+  }
+
+  // ---- render from state -----------------------------------------------------------------------
+  let lastCell = state.cell;
+  function render() {
+    if (el("grid-cell")) {
+      el("grid-cell").value = state.cell;
+      if (state.cell !== lastCell) { lastCell = state.cell; drawNeuronGrid(); }
+    }
+    renderHistogram();
+    renderSvd();
+  }
+
+  const jobs = [];
+  if (has("nmf")) {
+    const g = setupGrid();
+    CS.plotAfter(g); // the grid first: Plotly loads once it is drawn
+    jobs.push(g);
+  }
+  if (has("symmetry")) jobs.push(setupSymmetry());
+  if (has("histogram")) jobs.push(setupHistogram().then(renderHistogram));
+  jobs.push(setupBatchnorm());
+  if (has("fc-spatial")) jobs.push(setupFcSpatial());
+  if (has("svd")) { setupSvd(); jobs.push(renderSvd()); }
+  if (el("grid-cell")) el("grid-cell").value = state.cell;
+  Promise.allSettled(jobs).then(() => { document.body.dataset.ready = "1"; });
+})();

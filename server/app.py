@@ -1,0 +1,153 @@
+"""The app factory. ``uvicorn server.app:create_app --factory`` (what ``convscope serve`` runs).
+
+No module-level app and no side effects at import: everything is built in :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from precompute.settings import Settings, get_settings
+
+from . import api, pages
+from .data import Blob, ExplorerError, Explorer
+from .jobs import JobStore
+
+ROOT = Path(__file__).resolve().parent.parent
+STATIC = ROOT / "frontend" / "static"
+
+DESCRIPTION = """A microscope for the **weights** of convolutional networks, over the precomputed cache.
+
+Errors are JSON: `{"detail": message, "known": [...]}` (404 for an unknown name, 422 for a malformed
+one or a bad parameter; the message names the bad value and what exists). Cached results carry an
+`ETag` (the payload's sha256): send `If-None-Match` to get `304`. Bodies are gzipped when asked for.
+"""
+
+
+def plotly_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the plotly package is not installed; pip install plotly")
+    return Path(list(spec.submodule_search_locations)[0]) / "package_data" / "plotly.min.js"
+
+
+class _Vendor:
+    """plotly.min.js from the plotly package, read and gzipped once, served with an ETag."""
+
+    def __init__(self):
+        self._blob: Optional[Blob] = None
+        self._lock = threading.Lock()
+
+    def blob(self) -> Blob:
+        with self._lock:
+            if self._blob is None:
+                body = plotly_path().read_bytes()
+                self._blob = Blob(body=body, etag=f'"{hashlib.sha256(body).hexdigest()[:32]}"',
+                                  gz=gzip.compress(body, compresslevel=6, mtime=0))
+            return self._blob
+
+
+class ConvscopeApp(FastAPI):
+    """FastAPI with a fast path in front: cached results (``api.FAST_ROUTES``) are answered from memory
+    before FastAPI's own per-request work; everything else (and every error) goes through FastAPI."""
+
+    fast: Optional["api.FastPath"] = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.fast is not None and await self.fast.serve(scope, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api") or request.url.path == "/openapi.json"
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.jobs.warm()  # list the architectures in the background (a subprocess: torch stays out)
+        yield
+
+    app = ConvscopeApp(title="convscope", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # their default pages load from a CDN; /api/docs is local
+                  openapi_tags=[{"name": "models"}, {"name": "layers"}, {"name": "compare"}, {"name": "uploads"}])
+    app.state.settings = settings
+    app.state.explorer = Explorer(settings)
+    app.state.jobs = JobStore(settings)
+    app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)
+    app.fast = api.FastPath(lambda: app.state.explorer)
+
+    @app.exception_handler(ExplorerError)
+    async def explorer_error(request: Request, exc: ExplorerError):
+        if _wants_json(request):
+            return JSONResponse(exc.body(), status_code=exc.status)
+        return pages.error_page(request, exc.status, exc.message, exc.extra.get("known"))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("path", "query", "body"))
+            parts.append(f"{where or 'request'}: {err.get('msg')} (got {err.get('input')!r})")
+        message = "invalid request: " + "; ".join(parts)
+        if _wants_json(request):
+            return JSONResponse({"detail": message, "errors": [
+                {"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
+                for e in exc.errors()]}, status_code=422)
+        return pages.error_page(request, 422, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"no such page: {request.url.path}"
+            if _wants_json(request):
+                return JSONResponse({"detail": f"no such endpoint: {request.url.path}; see /openapi.json "
+                                               f"or /api/docs for the endpoints", "endpoints": _endpoints(app)},
+                                    status_code=404)
+            return pages.error_page(request, 404, message)
+        if _wants_json(request):
+            return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return pages.error_page(request, exc.status_code, str(exc.detail))
+
+    vendor = _Vendor()
+
+    @app.get("/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js(request: Request):
+        blob = vendor.blob()
+        headers = {"ETag": blob.etag, "Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
+        if request.headers.get("if-none-match") == blob.etag:
+            return Response(status_code=304, headers=headers)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(blob.gz, media_type="text/javascript", headers={**headers, "Content-Encoding": "gzip"})
+        return Response(blob.body, media_type="text/javascript", headers=headers)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"ok": True, "models": len(app.state.explorer.model_names())}
+
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _endpoints(app: FastAPI) -> list[str]:
+    """``METHOD /path`` of every documented API endpoint (from the OpenAPI schema)."""
+    return [f"{m.upper()} {path}" for path, ops in app.openapi().get("paths", {}).items() for m in ops]

@@ -1,0 +1,628 @@
+"""The JSON API over a cache filled by the real pipeline: every endpoint, every error path (never a
+500), ETag/304, gzip, uploads and jobs, and that the server never imports torch."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from precompute.cache import ResultKey
+
+pytest_plugins = ["server_fixtures"]
+pytest.register_assert_rewrite("server_fixtures")
+
+from server_fixtures import REPO, first_with, make_settings  # noqa: E402
+
+
+def raw(srv_client, path: str):
+    """GET with the path exactly as given (percent-escapes not normalised by the client)."""
+    url_type = type(srv_client.base_url)  # the TestClient's own httpx URL class
+    return srv_client.get(url_type("http://testserver", raw_path=path.encode()))
+
+
+def detail(r) -> str:
+    body = r.json()
+    assert isinstance(body.get("detail"), str) and body["detail"], body
+    return body["detail"]
+
+
+# ---- models ------------------------------------------------------------------------------------------
+def test_models_list(srv_client, srv_models, srv_records):
+    r = srv_client.get("/api/models")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["count"] == len(srv_models)
+    names = [m["name"] for m in body["models"]]
+    assert names == srv_models
+    for m in body["models"]:
+        spec = srv_records[m["name"]]["spec"]
+        assert m["arch"] == spec["arch"] and m["dataset"] == spec["dataset"] and m["family"] == spec["family"]
+        assert m["layers"]["conv"] == sum(1 for row in srv_records[m["name"]]["inventory"] if row["type"] == "conv")
+        assert m["weights_sha256"] == srv_records[m["name"]]["weights_sha256"]
+
+
+def test_model_detail(srv_client, srv_models, srv_records):
+    for name in srv_models:
+        r = srv_client.get(f"/api/models/{name}")
+        assert r.status_code == 200
+        d = r.json()
+        rec = srv_records[name]
+        assert d["name"] == name and d["inventory"] == rec["inventory"] and d["scalars"] == rec["scalars"]
+        assert d["analyses"] == rec["analyses"]
+        assert all(":traceback" not in k for k in d["errors"])
+        # the depth profiles come from the per-layer scalars, in execution order
+        sym = d["profiles"]["symmetry"]
+        assert [p["value"] for p in sym] == [rec["scalars"][p["layer"]]["symmetry"] for p in sym]
+        assert [p["index"] for p in sym] == sorted(p["index"] for p in sym)
+        rows = {row["name"]: row for row in rec["inventory"]}
+        for p in sym:
+            assert p["strided"] == (max(rows[p["layer"]]["stride"]) > 1)
+            assert p["label"].endswith("*") == p["strided"]
+            assert p["uneven"] == bool(rows[p["layer"]].get("uneven_padding"))
+        for p in d["profiles"]["gamma"]:
+            assert rows[p["layer"]]["type"] == "batchnorm"
+
+
+def test_real_models_have_results(srv_records):
+    """The fixture really ran the analyses (the server tests are about real results)."""
+    assert srv_records
+    for name, rec in srv_records.items():
+        assert rec["inventory"], name
+        assert rec["analyses"], f"{name}: no analysis results ({rec.get('errors')})"
+
+
+def test_layer_context(srv_client, srv_records):
+    for name, rec in srv_records.items():
+        for row in rec["inventory"]:
+            r = srv_client.get(f"/api/models/{name}/layers/{row['name']}")
+            assert r.status_code == 200, (name, row["name"], r.text)
+            c = r.json()
+            assert c["row"] == row
+            assert c["analyses"] == sorted(a for a, i in rec["analyses"].items() if row["name"] in i["layers"])
+            bn = [x["name"] for x in rec["inventory"] if x["type"] == "batchnorm" and x.get("follows") == row["name"]]
+            assert c["bn"] == (bn[0] if bn else None)
+
+
+def test_every_cached_result_is_served_as_stored(srv_client, srv_records, srv_cache):
+    n = 0
+    for name, rec in srv_records.items():
+        for analysis, info in rec["analyses"].items():
+            key = ResultKey(rec["weights_sha256"], analysis, info["version"], info["params"])
+            for layer in info["layers"]:
+                entry = srv_cache.get(key, layer)
+                r = srv_client.get(f"/api/models/{name}/layers/{layer}/{analysis}")
+                assert r.status_code == 200, r.text
+                assert r.headers["etag"] == '"' + hashlib.sha256(entry.payload).hexdigest() + '"'
+                body = r.json()
+                assert body["data"] == entry.data
+                assert body["meta"]["analysis"] == analysis and body["meta"]["layer"] == layer
+                assert body["meta"]["weights_sha256"] == rec["weights_sha256"]
+                n += 1
+    assert n > 0
+
+
+# ---- neurons --------------------------------------------------------------------------------------
+def _result(srv_client, model, layer, analysis):
+    r = srv_client.get(f"/api/models/{model}/layers/{layer}/{analysis}")
+    assert r.status_code == 200
+    return r.json()["data"]
+
+
+def test_neuron_everything(srv_client, srv_records):
+    found = first_with(srv_records, "nmf")
+    assert found, "no layer with an NMF result"
+    model, layer = found
+    rec = srv_records[model]
+    nmf = _result(srv_client, model, layer, "nmf")
+    n = len(nmf["order"])
+    for i in sorted({0, n // 2, n - 1}):
+        r = srv_client.get(f"/api/models/{model}/layers/{layer}/neurons/{i}")
+        assert r.status_code == 200
+        d = r.json()
+        assert d["neuron"] == i and d["neurons"] == n
+        assert d["nmf"]["image"] == nmf["images"][i] and d["nmf"]["error"] == nmf["error"][i]
+        pos = nmf["order"].index(i)
+        assert d["nmf"]["position"] == pos
+        assert d["nmf"]["prev"] == (nmf["order"][pos - 1] if pos else None)
+        assert d["nmf"]["next"] == (nmf["order"][pos + 1] if pos + 1 < n else None)
+        assert i in [x["neuron"] for x in d["nmf"]["neighbours"]]
+        if layer in rec["analyses"].get("kernels", {}).get("layers", []):
+            k = _result(srv_client, model, layer, "kernels")
+            assert d["kernels"]["kernels"] == k["kernels"][i] and d["kernels"]["top_channels"] == k["top_channels"][i]
+        bn = next((x["name"] for x in rec["inventory"] if x["type"] == "batchnorm" and x.get("follows") == layer), None)
+        if bn and bn in rec["analyses"].get("batchnorm", {}).get("layers", []):
+            b = _result(srv_client, model, bn, "batchnorm")
+            assert d["batchnorm"]["layer"] == bn
+            assert d["batchnorm"]["gamma"] == b["gamma"][i] and d["batchnorm"]["beta"] == b["beta"][i]
+        if layer in rec["analyses"].get("svd", {}).get("layers", []):
+            s = _result(srv_client, model, layer, "svd")
+            assert d["svd"]["u"] == s["u"][i] and d["svd"]["feeder"] == s["feeder"]
+        for f in d["svd_as_feeder"]:
+            s = _result(srv_client, model, f["layer"], "svd")
+            assert s["feeder"] == layer and f["v"] == s["v"][i]
+
+
+def test_neuron_of_a_layer_without_nmf(srv_client, srv_records):
+    """Linear and BatchNorm layers have neurons too (no NMF image): the endpoint still answers."""
+    for t in ("batchnorm", "linear"):
+        for name, rec in srv_records.items():
+            row = next((r for r in rec["inventory"] if r["type"] == t), None)
+            if row:
+                r = srv_client.get(f"/api/models/{name}/layers/{row['name']}/neurons/0")
+                assert r.status_code == 200 and r.json()["nmf"] is None
+                break
+
+
+@pytest.mark.parametrize("bad,status", [("-1", 404), ("100000", 404), ("x", 422), ("1.5", 422), ("0x1", 422),
+                                        ("%2e%2e", 422), ("1e3", 422), ("99999999999999999999", 422)])
+def test_neuron_out_of_range_or_bad(srv_client, srv_records, bad, status):
+    model, layer = first_with(srv_records, "nmf")
+    r = srv_client.get(f"/api/models/{model}/layers/{layer}/neurons/{bad}")
+    assert r.status_code == status, r.text
+    msg = detail(r)
+    assert "0.." in msg
+    n = next(row["out_channels"] for row in srv_records[model]["inventory"] if row["name"] == layer)
+    assert r.json()["range"] == [0, n - 1]
+
+
+# ---- errors name the bad value and what exists -------------------------------------------------------
+def test_unknown_model(srv_client, srv_models):
+    r = srv_client.get("/api/models/no-such-model")
+    assert r.status_code == 404
+    assert "no-such-model" in detail(r) and r.json()["known"] == srv_models
+    for m in srv_models:
+        assert m in detail(r)
+
+
+def test_unknown_layer(srv_client, srv_records):
+    name, rec = next(iter(srv_records.items()))
+    r = srv_client.get(f"/api/models/{name}/layers/no.such.layer")
+    assert r.status_code == 404
+    assert "no.such.layer" in detail(r)
+    assert r.json()["known"] == [row["name"] for row in rec["inventory"]]
+    r = srv_client.get(f"/api/models/{name}/layers/no.such.layer/nmf")
+    assert r.status_code == 404 and "no.such.layer" in detail(r)
+
+
+def test_unknown_analysis(srv_client, srv_records):
+    name, rec = next(iter(srv_records.items()))
+    layer = rec["inventory"][0]["name"]
+    r = srv_client.get(f"/api/models/{name}/layers/{layer}/no-such-analysis")
+    assert r.status_code == 404
+    assert "no-such-analysis" in detail(r) and r.json()["known"] == sorted(rec["analyses"])
+
+
+def test_analysis_that_does_not_apply_to_the_layer(srv_client, srv_records):
+    for name, rec in srv_records.items():
+        bn = next((r["name"] for r in rec["inventory"] if r["type"] == "batchnorm"), None)
+        if bn and "nmf" in rec["analyses"]:
+            r = srv_client.get(f"/api/models/{name}/layers/{bn}/nmf")
+            assert r.status_code == 404
+            assert "no nmf result" in detail(r) and "batchnorm" in r.json()["known"]
+            return
+    pytest.skip("no model with both BatchNorm layers and NMF results")
+
+
+@pytest.mark.parametrize("path", [
+    "/api/models/UPPER", "/api/models/a%20b", "/api/models/-x", "/api/models/%2e%2e",
+    "/api/models/{m}/layers/%2e%2e", "/api/models/{m}/layers/a%00b/nmf", "/api/models/{m}/layers/{l}/NMF",
+    "/api/models/{m}/layers/{l}/..", "/api/models/{m}/layers/{l}/%2e%2e%2fsecret",
+])
+def test_malformed_names_422(srv_client, srv_records, path):
+    m, rec = next(iter(srv_records.items()))
+    path = path.format(m=m, l=rec["inventory"][0]["name"])
+    r = raw(srv_client, path)
+    assert r.status_code in (404, 422), (path, r.status_code, r.text)
+    detail(r)
+
+
+# ---- path traversal over a real socket (uvicorn decodes the path as it will in production) --------------
+def raw_get(base: str, raw_path: bytes) -> tuple[int, bytes, bytes]:
+    u = urlsplit(base)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(b"GET " + raw_path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+TRAVERSALS = [
+    "/api/models/..", "/api/models/../../etc/passwd", "/api/models/%2e%2e", "/api/models/%2E%2E/layers/x/nmf",
+    "/api/models/..%2f..%2fetc%2fpasswd", "/api/models/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/api/models/{m}/layers/..%2f..%2fmodels%2f{m}/nmf", "/api/models/{m}/layers/%2e%2e/nmf",
+    "/api/models/{m}/layers/{l}/..%2f..%2f..%2fetc%2fpasswd", "/api/models/{m}/layers/{l}/nmf%00",
+    "/api/models/%00", "/api/models/{m}%00/layers/{l}/nmf", "/api/models/{m}/layers/a%00b/nmf",
+    "/api/models/{m}/layers/{l}/neurons/..%2f1", "/api/models/..%5c..%5cwindows", "/api/models/{m}/layers/%2fetc%2fpasswd/nmf",
+    "/api/models/{m}/layers/{l}/%2e%2e", "/api/models/{m}/layers/.%2e/nmf", "/api/models/{m}/layers/%2e./nmf",
+    "/api/jobs/..%2f..%2fetc%2fpasswd", "/api/jobs/%2e%2e", "/api/jobs/{m}",
+    "/api/clusters?pairs=..:..&k=4", "/api/clusters?pairs={m}:..%2f..&k=4", "/api/clusters?pairs=%2e%2e:{l}&k=4",
+    "/static/..%2f..%2fserver%2fapp.py", "/static/%2e%2e/%2e%2e/server/app.py",
+    "/models/%2e%2e", "/models/{m}/layers/%2e%2e", "/models/{m}/layers/{l}/neurons/%2e%2e", "/jobs/..%2f..%2fetc",
+]
+
+
+def test_path_traversal_never_escapes(live_server, srv_records):
+    m, rec = next(iter(srv_records.items()))
+    layer = next(r["name"] for r in rec["inventory"] if r["type"] == "conv")
+    for path in TRAVERSALS:
+        raw = path.format(m=m, l=layer).encode()
+        status, head, body = raw_get(live_server, raw)
+        assert status in (400, 404, 422), (path, status, body[:300])
+        assert b"root:" not in body and b"create_app" not in body, path
+        if raw.startswith(b"/api/"):
+            assert json.loads(body)["detail"], path
+
+
+# ---- ETag / 304 / gzip --------------------------------------------------------------------------
+def test_etag_and_304(srv_client, srv_records):
+    model, layer = first_with(srv_records, "nmf")
+    url = f"/api/models/{model}/layers/{layer}/nmf"
+    r = srv_client.get(url)
+    etag = r.headers["etag"]
+    assert etag.startswith('"') and len(etag) == 66
+    r2 = srv_client.get(url, headers={"If-None-Match": etag})
+    assert r2.status_code == 304 and r2.content == b"" and r2.headers["etag"] == etag
+    assert srv_client.get(url, headers={"If-None-Match": "W/" + etag}).status_code == 304
+    assert srv_client.get(url, headers={"If-None-Match": '"other", ' + etag}).status_code == 304
+    assert srv_client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+    for u in ("/api/models", f"/api/models/{model}", f"/api/models/{model}/layers/{layer}",
+              f"/api/models/{model}/layers/{layer}/neurons/0"):
+        r = srv_client.get(u)
+        assert r.status_code == 200 and r.headers.get("etag")
+        assert srv_client.get(u, headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+
+
+def test_gzip(srv_client, srv_records):
+    model, layer = first_with(srv_records, "nmf")
+    url = f"/api/models/{model}/layers/{layer}/nmf"
+    plain = srv_client.get(url, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    if len(plain.content) >= 1000:
+        # read the raw bytes to see the encoding on the wire
+        with srv_client.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as r:
+            raw = b"".join(r.iter_raw())
+            assert r.headers["content-encoding"] == "gzip"
+        assert gzip.decompress(raw) == plain.content
+    # pages and other JSON go through the gzip middleware
+    r = srv_client.get(f"/api/models/{model}", headers={"Accept-Encoding": "gzip"})
+    assert r.headers.get("content-encoding") == "gzip"
+    r = srv_client.get("/", headers={"Accept-Encoding": "gzip"})
+    assert r.headers.get("content-encoding") == "gzip"
+    small = srv_client.get("/healthz", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers
+
+
+def test_cache_is_read_not_recomputed(srv_client, srv_records, srv_cache, monkeypatch):
+    """A second request is served from memory: the entry file is not read again."""
+    model, layer = first_with(srv_records, "nmf")
+    url = f"/api/models/{model}/layers/{layer}/nmf"
+    srv_client.get(url)
+    reads = []
+    orig = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or orig(self))
+    assert srv_client.get(url).status_code == 200
+    assert not [p for p in reads if p.name == f"{layer}.json"]
+
+
+# ---- clusters -------------------------------------------------------------------------------------
+def _nmf_pairs(srv_records, n=2):
+    pairs = []
+    for m, rec in srv_records.items():
+        rows = {r["name"]: r for r in rec["inventory"]}
+        for layer in rec["analyses"].get("nmf", {}).get("layers", []):
+            if rows[layer]["kernel"] == [3, 3]:
+                pairs.append((m, layer, rows[layer]["out_channels"]))
+                break
+    return pairs[:n]
+
+
+def test_clusters(srv_client, srv_records):
+    pairs = _nmf_pairs(srv_records, 3)
+    assert pairs, "no 3x3 NMF layer"
+    q = ",".join(f"{m}:{l}" for m, l, _ in pairs)
+    r = srv_client.get(f"/api/clusters?pairs={q}&k=4")
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["k"] == 4 and d["pairs"] == [[m, l] for m, l, _ in pairs]
+    assert d["counts"] == [n for _, _, n in pairs]
+    for row in d["proportions"]:
+        assert len(row) == 4 and abs(sum(row) - 1) < 1e-4
+    assert len(d["centroids"]) == 4 and sum(d["sizes"]) == sum(d["counts"])
+    assert d["sizes"] == sorted(d["sizes"], reverse=True)
+    etag = r.headers["etag"]
+    assert srv_client.get(f"/api/clusters?pairs={q}&k=4", headers={"If-None-Match": etag}).status_code == 304
+
+
+@pytest.mark.parametrize("query,status,words", [
+    ("", 422, ["pairs is required"]),
+    ("pairs=", 422, ["pairs is required"]),
+    ("pairs=nocolon&k=4", 422, ["model:layer"]),
+    ("pairs=no-such-model:conv1&k=4", 404, ["no-such-model", "Known models"]),
+    ("pairs={m}:no.such.layer&k=4", 404, ["no.such.layer"]),
+    ("pairs={m}:{l}&k=3", 422, ["4..19"]),
+    ("pairs={m}:{l}&k=20", 422, ["4..19"]),
+    ("pairs={m}:{l}&k=abc", 422, ["integer"]),
+    ("pairs={m}:{l},{m}:{l}&k=4", 422, ["twice"]),
+    ("pairs={m}:{bn}&k=4", 404, ["no NMF result"]),
+])
+def test_clusters_bad_params(srv_client, srv_records, query, status, words):
+    m, l, _ = _nmf_pairs(srv_records, 1)[0]
+    bn = next((r["name"] for r in srv_records[m]["inventory"] if r["type"] != "conv"), "x")
+    r = srv_client.get("/api/clusters?" + query.format(m=m, l=l, bn=bn))
+    assert r.status_code == status, r.text
+    for w in words:
+        assert w in detail(r)
+
+
+def test_clusters_match_the_clusters_analysis(srv_client, srv_records):
+    """The server's torch-free k-means gives what the ``clusters`` analysis computes (it needs torch)."""
+    from precompute.analyses.clusters import compute_clusters as analysis_clusters
+
+    pairs = _nmf_pairs(srv_records, 3)
+    entries = [(m, l, _result(srv_client, m, l, "nmf")) for m, l, _ in pairs]
+    want = analysis_clusters(entries, k=5, seed=0)
+    q = ",".join(f"{m}:{l}" for m, l, _ in pairs)
+    got = srv_client.get(f"/api/clusters?pairs={q}&k=5").json()
+    for key in ("pairs", "k", "counts", "labels", "proportions", "centroids"):
+        assert got[key] == want[key], key
+
+
+def test_clusters_kernel_size_mismatch():
+    import numpy as np
+
+    from server.data import BadRequest, compute_clusters
+
+    a, b = np.random.rand(10, 3, 3, 3), np.random.rand(10, 5, 5, 3)
+    with pytest.raises(BadRequest, match="same kernel size"):
+        compute_clusters([("m", "a"), ("m", "b")], [a, b], 3)
+
+
+def test_clusters_planted_structure():
+    """Two kinds of neuron (horizontal vs vertical stripes) in different shares are found as two clusters."""
+    import numpy as np
+
+    from server.data import compute_clusters
+
+    rng = np.random.default_rng(0)
+    h = np.zeros((3, 3, 3)); h[1, :, 0] = 1
+    v = np.zeros((3, 3, 3)); v[:, 1, 0] = 1
+    noise = lambda n: rng.random((n, 3, 3, 3)) * 0.05  # noqa: E731
+    a = np.concatenate([h + noise(30), v + noise(10)])
+    b = np.concatenate([h + noise(5), v + noise(15)])
+    d = compute_clusters([("m1", "a"), ("m2", "b")], [a, b], 2)
+    assert d["proportions"][0] == [0.75, 0.25] and d["proportions"][1] == [0.25, 0.75]
+
+
+# ---- documentation --------------------------------------------------------------------------------
+def test_openapi_documents_every_endpoint(srv_client):
+    schema = srv_client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for p in ["/api/models", "/api/models/{model}", "/api/models/{model}/layers/{layer}",
+              "/api/models/{model}/layers/{layer}/{analysis}", "/api/models/{model}/layers/{layer}/neurons/{neuron}",
+              "/api/clusters", "/api/uploads", "/api/jobs/{job_id}", "/api/jobs", "/api/architectures"]:
+        assert p in paths, p
+    page = srv_client.get("/api/docs")
+    assert page.status_code == 200
+    for p in paths:
+        assert p in page.text
+    assert srv_client.get("/docs").status_code == 404  # FastAPI's own page would load a CDN
+
+
+def test_unknown_endpoint_lists_endpoints(srv_client):
+    r = srv_client.get("/api/nothing-here")
+    assert r.status_code == 404
+    assert "GET /api/models" in r.json()["endpoints"]
+
+
+# ---- uploads and jobs -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def upload_client(tmp_path_factory):
+    """An app over its own empty data dir, so uploads never touch the shared real cache."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    settings = make_settings(tmp_path_factory.mktemp("upload-data"))
+    settings.max_upload_bytes = 3_000_000
+    with TestClient(create_app(settings)) as c:
+        c.settings = settings
+        yield c
+
+
+@pytest.fixture(scope="module")
+def resnet20_state_dict(tmp_path_factory) -> Path:
+    """A real resnet20 state dict saved with torch.save (the test process may import torch)."""
+    from precompute.architectures import build
+    import torch
+
+    path = tmp_path_factory.mktemp("ckpt") / "resnet20.pt"
+    torch.manual_seed(0)
+    torch.save(build("resnet20").state_dict(), path)
+    return path
+
+
+def test_upload_rejects_bad_requests(upload_client, srv_records):
+    c = upload_client
+    ok_file = ("m.pt", b"x" * 100)
+    r = c.post("/api/uploads", content=b"raw", headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 422 and "multipart/form-data" in detail(r)
+    r = c.post("/api/uploads", data={"arch": "resnet20", "name": "x1"})
+    assert r.status_code == 422 and "file" in detail(r)
+    r = c.post("/api/uploads", files={"file": ("m.txt", b"abc")}, data={"arch": "resnet20", "name": "x1"})
+    assert r.status_code == 422 and ".safetensors" in detail(r)
+    r = c.post("/api/uploads", files={"file": ("m.pt", b"")}, data={"arch": "resnet20", "name": "x1"})
+    assert r.status_code == 422 and "empty" in detail(r)
+    for bad in ["", "UPPER", "../x", "a/b", "a\x00b"]:
+        r = c.post("/api/uploads", files={"file": ok_file}, data={"arch": "resnet20", "name": bad})
+        assert r.status_code == 422, bad
+        assert "invalid model name" in detail(r)
+    r = c.post("/api/uploads", files={"file": ok_file}, data={"arch": "no-such-arch", "name": "x1"})
+    assert r.status_code == 422 and "no-such-arch" in detail(r) and "resnet20" in r.json()["known"]
+    r = c.post("/api/uploads", files={"file": ok_file}, data={"arch": "../../etc", "name": "x1"})
+    assert r.status_code == 422
+    incoming = Path(c.settings.data_dir) / "jobs" / "incoming"
+    assert not any(p.is_file() for p in incoming.rglob("*")), "rejected uploads must not stay on disk"
+
+
+def test_upload_name_taken_409(tmp_path, srv_settings, srv_models):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    settings = make_settings(tmp_path)
+    settings.cache_dir = srv_settings.cache  # sees the precomputed models
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/api/uploads", files={"file": ("m.pt", b"x" * 10)}, data={"arch": "resnet20", "name": srv_models[0]})
+    assert r.status_code == 409 and srv_models[0] in detail(r)
+
+
+def test_upload_too_large_413(upload_client):
+    c = upload_client
+    big = b"\0" * 3_200_000
+    r = c.post("/api/uploads", files={"file": ("m.pt", big)}, data={"arch": "resnet20", "name": "big1"})
+    assert r.status_code == 413 and "limit" in detail(r)
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        boundary = b"b0undary"
+        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="m.pt"\r\n\r\n'
+        for _ in range(200):
+            yield b"\0" * 16384
+        yield b"\r\n--" + boundary + b"--\r\n"
+
+    r = c.post("/api/uploads", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+    assert r.status_code == 413 and "limit" in detail(r)
+    incoming = Path(c.settings.data_dir) / "jobs" / "incoming"
+    assert not any(p.is_file() for p in incoming.rglob("*")), "a refused upload must be removed"
+
+
+def test_jobs_errors(upload_client):
+    c = upload_client
+    r = c.get("/api/jobs/..%2f..%2fetc")
+    assert r.status_code in (404, 422)
+    r = c.get("/api/jobs/not-a-job-id")
+    assert r.status_code == 422 and "32 lower-case hex" in detail(r)
+    r = c.get("/api/jobs/" + "0" * 32)
+    assert r.status_code == 404 and "unknown job" in detail(r)
+    assert c.get("/api/jobs").status_code == 200
+
+
+def _wait_job(c, jid, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = c.get(f"/api/jobs/{jid}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {jid} did not finish: {job}")
+
+
+@pytest.mark.slow
+def test_upload_architecture_mismatch_fails_with_reason(upload_client, resnet20_state_dict):
+    c = upload_client
+    with open(resnet20_state_dict, "rb") as f:
+        r = c.post("/api/uploads", files={"file": ("resnet20.pt", f.read())},
+                   data={"arch": "resnet32", "name": "wrong-arch"})
+    assert r.status_code == 202, r.text
+    job = _wait_job(c, r.json()["id"])
+    assert job["state"] == "failed"
+    assert job["error"] and ("missing" in job["error"].lower() or "unexpected" in job["error"].lower()
+                             or "size mismatch" in job["error"].lower()), job["error"]
+    assert "wrong-arch" not in c.get("/api/models").text
+
+
+# ---- torch never enters the server -------------------------------------------------------------------
+def test_server_does_not_import_torch(srv_settings, srv_records):
+    m, layer = first_with(srv_records, "nmf")
+    pairs = ",".join(f"{mm}:{ll}" for mm, ll, _ in _nmf_pairs(srv_records, 2))
+    urls = ["/", "/api/models", f"/api/models/{m}", f"/models/{m}", f"/models/{m}/layers/{layer}",
+            f"/models/{m}/layers/{layer}/neurons/0", f"/api/models/{m}/layers/{layer}/nmf",
+            f"/api/models/{m}/layers/{layer}/neurons/0", f"/api/clusters?pairs={pairs}&k=4", "/compare", "/upload",
+            "/api/docs", "/openapi.json", "/api/jobs", "/api/models/nope", "/vendor/plotly.min.js"]
+    code = f"""
+import sys, json
+from pathlib import Path
+from fastapi.testclient import TestClient
+from precompute.settings import Settings
+from server.app import create_app
+s = Settings(data_dir=Path({str(srv_settings.data_dir)!r}), cache_dir=Path({str(srv_settings.cache)!r}))
+c = TestClient(create_app(s))
+codes = [c.get(u).status_code for u in {urls!r}]
+print(json.dumps({{"codes": codes, "torch": sorted(k for k in sys.modules if k == "torch" or k.startswith("torch."))}}))
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["torch"] == [], out["torch"][:5]
+    assert out["codes"][:-2] == [200] * (len(urls) - 2) and out["codes"][-2:] == [404, 200], out["codes"]
+
+
+def test_no_500_for_odd_inputs(srv_client, srv_records):
+    m, rec = next(iter(srv_records.items()))
+    layer = rec["inventory"][0]["name"]
+    odd = ["", " ", "%20", "%ff", "%c3%28", "a" * 300, "%e2%80%ae", "%u002e", "~", "*", "%3Cscript%3E", "%22", "'"]
+    for o in odd:
+        for tmpl in ["/api/models/{o}", "/api/models/{m}/layers/{o}", "/api/models/{m}/layers/{l}/{o}",
+                     "/api/models/{m}/layers/{l}/neurons/{o}", "/api/clusters?pairs={o}&k={o}", "/api/jobs/{o}",
+                     "/models/{o}", "/models/{m}/layers/{o}", "/models/{m}/layers/{l}/neurons/{o}"]:
+            path = tmpl.format(o=o, m=m, l=layer)
+            r = raw(srv_client, path)
+            assert r.status_code < 500, (path, r.status_code, r.text[:300])
+
+
+def test_corrupt_entry_is_not_served(tmp_path, srv_settings, srv_records):
+    """A cache entry that fails its checksum answers 503 with a message, never garbage."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    shutil.copytree(srv_settings.cache, tmp_path / "cache")
+    settings = make_settings(tmp_path)
+    model, layer = first_with(srv_records, "nmf")
+    rec = srv_records[model]
+    info = rec["analyses"]["nmf"]
+    from precompute.cache import Cache
+
+    path = Cache(settings.cache).result_path(ResultKey(rec["weights_sha256"], "nmf", info["version"], info["params"]), layer)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x55
+    path.write_bytes(bytes(raw))
+    with TestClient(create_app(settings)) as c:
+        r = c.get(f"/api/models/{model}/layers/{layer}/nmf")
+    assert r.status_code == 503 and "does not verify" in detail(r)
+
+
+def test_no_gzip_body_when_client_declines(srv_client, srv_records):
+    model, layer = first_with(srv_records, "nmf")
+    r = srv_client.get(f"/api/models/{model}/layers/{layer}/nmf", headers={"Accept-Encoding": "identity"})
+    json.loads(r.content)  # plain JSON on the wire
+    io.BytesIO(r.content)
+
+
+def test_jobs_of_a_dead_server_are_failed_not_those_of_live_workers(tmp_path):
+    import os
+
+    from server.jobs import HOST, JobStore
+
+    store = JobStore(make_settings(tmp_path))
+    store.dir.mkdir(parents=True)
+    jobs = {"a" * 32: f"{HOST}:999999999", "b" * 32: f"{HOST}:{os.getppid()}", "c" * 32: "another-host:1"}
+    for jid, runner in jobs.items():
+        store.write({"id": jid, "state": "running", "runner": runner, "created": "t"})
+    store._fail_orphans()
+    states = {j["id"]: j["state"] for j in store.list()}
+    assert states == {"a" * 32: "failed", "b" * 32: "running", "c" * 32: "running"}
+    assert "stopped" in store.get("a" * 32)["error"]

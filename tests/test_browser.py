@@ -1,0 +1,434 @@
+"""The pages in a real browser: Debian's Chromium driven by Playwright against uvicorn (a subprocess) over
+the real precomputed cache. Every page renders with no console error and no failed request; the neuron
+grid shows every neuron and opens a neuron on click; a copied link restores the view; back/forward
+work; the upload flow runs end to end. Screenshots go to test-output/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["server_fixtures"]
+pytest.register_assert_rewrite("server_fixtures")
+
+from server_fixtures import REPO, first_with  # noqa: E402
+
+CHROMIUM = os.environ.get("CONVSCOPE_CHROMIUM", "/usr/bin/chromium")
+SHOTS = REPO / "test-output" / "screenshots"
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                                     reason=f"{CHROMIUM} missing: apt-get install chromium")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+class Watch:
+    """Console errors, page errors, failed requests and HTTP errors seen by a page."""
+
+    def __init__(self, page):
+        self.problems: list[str] = []
+        self.allow_status: set[int] = set()
+        page.on("console", lambda m: m.type == "error" and self._console(m))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", self._failed)
+        page.on("response", lambda r: r.status >= 400 and r.status not in self.allow_status
+                and self.problems.append(f"HTTP {r.status} {r.url}"))
+
+    def _console(self, m):
+        if "Failed to load resource" in m.text and self.allow_status:
+            return  # the HTTP status itself is checked in the response handler
+        self.problems.append(f"console error: {m.text}")
+
+    def _failed(self, r):
+        if "ERR_ABORTED" in (r.failure or ""):  # cancelled by a navigation we made, not a server failure
+            return
+        self.problems.append(f"request failed: {r.url} {r.failure}")
+
+    def check(self):
+        assert not self.problems, "\n".join(self.problems)
+
+
+@pytest.fixture
+def page(browser, live_server):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, base_url=live_server, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.watch = Watch(pg)
+    yield pg
+    try:
+        pg.watch.check()
+    finally:
+        ctx.close()
+
+
+def ready(page, timeout=30000):
+    page.wait_for_selector("body[data-ready='1']", timeout=timeout)
+
+
+def shot(page, name):
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def api(page, path):
+    return page.request.get(path).json()
+
+
+# ---- home ------------------------------------------------------------------------------------------
+def test_home_cards_filter_and_history(page, srv_models, srv_records):
+    page.goto("/")
+    ready(page)
+    cards = page.locator(".model-card")
+    assert cards.count() == len(srv_models)
+    shot(page, "home")
+    target = srv_models[0]
+    page.fill("#filter-text", target)
+    page.wait_for_function("location.search.includes('q=')")
+    visible = page.locator(".model-card:visible")
+    assert target in [visible.nth(i).get_attribute("data-name") for i in range(visible.count())]
+    for i in range(visible.count()):
+        assert target.lower() in visible.nth(i).get_attribute("data-search")
+    fam = srv_records[target]["spec"]["family"]
+    page.click(f"#family-chips .chip[data-family='{fam}']")
+    page.wait_for_function(f"location.search.includes('family={fam}')")
+    url = page.url
+    page.goto(url)  # the URL restores the filter
+    ready(page)
+    assert page.input_value("#filter-text") == target
+    assert page.locator(f"#family-chips .chip.active").get_attribute("data-family") == fam
+    page.click("#family-chips .chip[data-family='']")
+    page.wait_for_function("!location.search.includes('family=')")
+    page.go_back()
+    page.wait_for_function(f"location.search.includes('family={fam}')")
+    page.wait_for_function(f"document.querySelector('#family-chips .chip.active').dataset.family === '{fam}'")
+    page.locator(f".model-card[data-name='{target}']").click()
+    page.wait_for_url(re.compile(f"/models/{re.escape(target)}$"))
+    ready(page)
+
+
+# ---- model ---------------------------------------------------------------------------------------------
+def test_model_pages_render(page, srv_records):
+    for name, rec in srv_records.items():
+        page.goto(f"/models/{name}")
+        ready(page)
+        assert page.locator("#layer-table tbody tr").count() == len(rec["inventory"])
+        if rec["analyses"].get("symmetry", {}).get("layers"):
+            assert page.locator("#plot-symmetry .main-svg").count() > 0
+            assert page.locator("#plot-symmetry g.point").count() == len(rec["analyses"]["symmetry"]["layers"])
+        shot(page, f"model-{name}")
+
+
+def test_symmetry_bar_opens_the_layer(page, srv_records):
+    name = next(n for n, r in srv_records.items() if r["analyses"].get("symmetry", {}).get("layers"))
+    page.goto(f"/models/{name}")
+    ready(page)
+    page.locator("#plot-symmetry g.point path").first.click(force=True)
+    page.wait_for_url(re.compile(f"/models/{re.escape(name)}/layers/"))
+    ready(page)
+    layer = page.url.rsplit("/layers/", 1)[1]
+    assert layer in srv_records[name]["analyses"]["symmetry"]["layers"]
+
+
+# ---- layer: the neuron grid --------------------------------------------------------------------------
+def _biggest_nmf_layer(srv_records):
+    best = None
+    for m, rec in srv_records.items():
+        rows = {r["name"]: r for r in rec["inventory"]}
+        for layer in rec["analyses"].get("nmf", {}).get("layers", []):
+            n = rows[layer]["out_channels"]
+            if best is None or n > best[2]:
+                best = (m, layer, n)
+    return best
+
+
+def test_neuron_grid_shows_every_neuron_and_opens_one(page, srv_records):
+    """The biggest real layer (512 neurons of vgg16-hed when its wheel is at hand): every neuron in the
+    one canvas, shown under 1.5 s after navigation start, hover names the neuron, a click opens it."""
+    model, layer, n = _biggest_nmf_layer(srv_records)
+    nmf = api(page, f"/api/models/{model}/layers/{layer}/nmf")["data"]
+    page.goto(f"/models/{model}/layers/{layer}")
+    page.wait_for_selector("#neuron-grid[data-count]")
+    canvas = page.locator("#neuron-grid")
+    assert int(canvas.get_attribute("data-count")) == len(nmf["order"]) == n
+    shown_ms = float(canvas.get_attribute("data-shown-at"))
+    assert shown_ms < 1500, f"the grid of {n} neurons took {shown_ms:.0f} ms after navigation start"
+    print(f"grid of {n} neurons ({model} {layer}) shown {shown_ms:.0f} ms after navigation start")
+    ready(page)
+    shot(page, f"layer-{model}-{layer}")
+    # cell geometry from the canvas; click the 3rd cell
+    cols, cell, gap = (int(canvas.get_attribute(a)) for a in ("data-cols", "data-cell", "data-gap"))
+    p = min(2, n - 1)
+    x, y = (p % cols) * (cell + gap) + cell / 2, (p // cols) * (cell + gap) + cell / 2
+    canvas.hover(position={"x": x, "y": y})
+    assert f"neuron {nmf['order'][p]}" in page.inner_text("#tooltip")
+    canvas.click(position={"x": x, "y": y})
+    page.wait_for_url(re.compile(f"/neurons/{nmf['order'][p]}$"))
+    ready(page)
+    assert page.locator("h1").inner_text().startswith(f"Neuron {nmf['order'][p]}")
+
+
+def test_a_512_neuron_grid_draws_fast(page, srv_records):
+    """Drawing is linear in neurons; 512 random 3x3 reduced forms into one canvas well under 1.5 s."""
+    model, layer = first_with(srv_records, "nmf")
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    ms = page.evaluate("""() => {
+        const imgs = Array.from({length: 512}, () => Array.from({length: 3}, () => Array.from({length: 3}, () => [Math.random(), Math.random(), Math.random()])));
+        const order = imgs.map((_, i) => i);
+        const c = document.createElement('canvas'); document.body.appendChild(c);
+        const t = performance.now();
+        const g = CS.drawGrid(c, imgs, order, {cell: 'm', width: 1300});
+        return [performance.now() - t, Number(c.dataset.count)];
+    }""")
+    assert ms[1] == 512 and ms[0] < 300, ms
+
+
+def test_layer_pages_render(page, srv_records):
+    """Every kind of layer page (conv with each analysis, BN, linear) renders without errors."""
+    seen = set()
+    for name, rec in srv_records.items():
+        for row in rec["inventory"]:
+            have = tuple(sorted(a for a, i in rec["analyses"].items() if row["name"] in i["layers"]))
+            kind = (row["type"], have, row.get("kernel") == [1, 1])
+            if kind in seen:
+                continue
+            seen.add(kind)
+            page.goto(f"/models/{name}/layers/{row['name']}")
+            ready(page)
+            for a, fig in [("symmetry", "symmetry"), ("histogram", "histogram"), ("svd", "svd"), ("fc-spatial", "fcspatial")]:
+                if a in have:
+                    page.wait_for_selector(f"#plot-{fig}[data-rendered='1']")
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name}-{row['name']}")
+            shot(page, f"layer-{safe}")
+    assert seen
+
+
+# ---- the URL is the view: copy link, reload, back/forward --------------------------------------------------
+def test_copied_url_restores_the_view_and_history_works(page, srv_records):
+    found = first_with(srv_records, "svd", lambda r: r["type"] == "conv")
+    model, layer = found
+    rec = srv_records[model]
+    assert "nmf" in rec["analyses"] and layer in rec["analyses"]["nmf"]["layers"]
+    other = next(l for l in rec["analyses"]["histogram"]["layers"] if l != layer)
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    start = page.url
+    page.select_option("#grid-cell", "l")
+    page.wait_for_function("location.search.includes('cell=l')")
+    page.check("#hist-ylog")
+    page.wait_for_function("location.search.includes('ylog=1')")
+    page.select_option("#svd-mode", "pca")
+    page.wait_for_function("location.search.includes('svd=pca')")
+    page.select_option("#ov-layer", other)
+    page.click("#ov-add")
+    page.wait_for_function("location.search.includes('overlay=')")
+    page.wait_for_function("document.querySelectorAll('#plot-histogram .scatterlayer .trace').length === 2")
+    page.click("#copy-link")
+    page.wait_for_function("document.body.dataset.copiedUrl")
+    copied = page.evaluate("document.body.dataset.copiedUrl")
+    assert copied == page.url and "svd=pca" in copied and f"overlay={model}:{other}" in copied
+
+    def state(p):
+        return {"cell": p.input_value("#grid-cell"), "ylog": p.is_checked("#hist-ylog"),
+                "svd": p.input_value("#svd-mode"), "overlays": p.locator("#ov-chips .chip").count(),
+                "yaxis": p.evaluate("document.getElementById('plot-histogram').layout.yaxis.type"),
+                "cols": p.get_attribute("#neuron-grid", "data-cols")}
+
+    page.wait_for_selector("#plot-svd[data-rendered='1']")
+    before = state(page)
+    assert before["cell"] == "l" and before["ylog"] and before["svd"] == "pca" and before["overlays"] == 1
+    assert before["yaxis"] == "log"
+    # reopen the copied URL in a fresh page: the same view
+    other_page = page.context.new_page()
+    other_page.watch = Watch(other_page)
+    other_page.goto(copied)
+    ready(other_page)
+    other_page.wait_for_function("document.querySelectorAll('#plot-histogram .scatterlayer .trace').length === 2")
+    assert state(other_page) == before
+    shot(other_page, "layer-restored-from-link")
+    other_page.watch.check()
+    other_page.close()
+    # back/forward walk through the changes in place
+    page.go_back()
+    page.wait_for_function("!location.search.includes('overlay=')")
+    page.wait_for_function("document.getElementById('ov-chips').children.length === 0")
+    page.go_back()
+    page.wait_for_function("!location.search.includes('svd=pca')")
+    assert page.input_value("#svd-mode") == "svd"
+    page.go_forward()
+    page.wait_for_function("location.search.includes('svd=pca')")
+    assert page.input_value("#svd-mode") == "pca"
+    page.go_back()
+    page.go_back()
+    page.go_back()
+    page.wait_for_function(f"location.href === {start!r}")
+    assert page.input_value("#grid-cell") == "m" and not page.is_checked("#hist-ylog")
+
+
+# ---- neuron ---------------------------------------------------------------------------------------------
+def test_neuron_page_and_prev_next(page, srv_records):
+    model, layer = first_with(srv_records, "nmf")
+    nmf = api(page, f"/api/models/{model}/layers/{layer}/nmf")["data"]
+    first = nmf["order"][0]
+    page.goto(f"/models/{model}/layers/{layer}/neurons/{first}")
+    ready(page)
+    assert page.locator("#reduced").count() == 1
+    if layer in srv_records[model]["analyses"].get("kernels", {}).get("layers", []):
+        k = api(page, f"/api/models/{model}/layers/{layer}/kernels")["data"]
+        assert page.locator("#kernel-grid canvas").count() == len(k["kernels"][first])
+    assert page.locator("#prev-neuron").count() == 0  # the first in the sorted order
+    shot(page, f"neuron-{model}-{layer}-{first}")
+    page.click("#next-neuron")
+    page.wait_for_url(re.compile(f"/neurons/{nmf['order'][1]}$"))
+    ready(page)
+    page.go_back()
+    page.wait_for_url(re.compile(f"/neurons/{first}$"))
+    ready(page)
+    # breadcrumbs lead back up
+    page.click(f".crumbs a:has-text('{layer}')")
+    page.wait_for_url(re.compile(f"/layers/{re.escape(layer)}$"))
+    ready(page)
+
+
+def test_exports(page, srv_records):
+    model, layer = first_with(srv_records, "nmf")
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    with page.expect_download() as d:
+        page.click("#fig-grid [data-export=png]")
+    png = Path(d.value.path()).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with page.expect_download() as d:
+        page.click("#fig-grid [data-export=csv]")
+    text = Path(d.value.path()).read_text()
+    assert text.startswith("position,neuron,error,energy")
+    assert page.get_attribute("#fig-grid [data-export=json]", "href") == f"/api/models/{model}/layers/{layer}/nmf"
+    if page.locator("#fig-histogram").count():
+        with page.expect_download() as d:
+            page.click("#fig-histogram [data-export=png]")
+        assert Path(d.value.path()).read_bytes()[:4] == b"\x89PNG"
+    page.goto(f"/models/{model}")
+    ready(page)
+    with page.expect_download() as d:
+        page.click("#fig-symmetry [data-export=csv]")
+    assert Path(d.value.path()).read_text().startswith("layer,symmetry")
+
+
+# ---- compare -------------------------------------------------------------------------------------------
+def test_compare(page, srv_records):
+    pairs = []
+    for m, rec in srv_records.items():
+        rows = {r["name"]: r for r in rec["inventory"]}
+        layer = next((l for l in rec["analyses"].get("nmf", {}).get("layers", []) if rows[l]["kernel"] == [3, 3]), None)
+        if layer:
+            pairs.append(f"{m}:{layer}")
+    assert pairs
+    page.goto(f"/compare?pairs={','.join(pairs)}&k=4")
+    ready(page, 60000)
+    assert page.locator("#compare-grids canvas").count() == len(pairs)
+    page.wait_for_selector("#plot-clusters[data-rendered='1']")
+    assert page.locator("#centroids canvas").count() == 4
+    assert page.evaluate("document.getElementById('plot-clusters').data.length") == 4
+    shot(page, "compare")
+    page.select_option("#k-select", "6")
+    page.wait_for_function("location.search.includes('k=6')")
+    page.wait_for_function("document.getElementById('plot-clusters').data.length === 6")
+    page.go_back()
+    page.wait_for_function("location.search.includes('k=4')")
+    page.wait_for_function("document.getElementById('plot-clusters').data.length === 4")
+    assert page.input_value("#k-select") == "4"
+
+
+def test_compare_defaults_are_in_the_url(page, srv_models):
+    page.goto("/compare")
+    ready(page, 60000)
+    assert "pairs=" in page.url and page.locator("#compare-grids canvas").count() >= 1
+
+
+# ---- other pages -----------------------------------------------------------------------------------------
+def test_api_docs_and_error_pages(page):
+    page.goto("/api/docs")
+    ready(page)
+    assert page.locator(".endpoint").count() >= 9
+    shot(page, "api-docs")
+    page.watch.allow_status = {404}
+    page.goto("/models/no-such-model")
+    ready(page)
+    assert "no-such-model" in page.inner_text("#error-message")
+    shot(page, "error-404")
+
+
+# ---- upload, end to end ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def resnet20_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from precompute.architectures import build
+
+    path = tmp_path_factory.mktemp("upload") / "my-resnet20.pt"
+    torch.manual_seed(1)
+    torch.save(build("resnet20").state_dict(), path)
+    return path
+
+
+def _upload(page, path, arch, name):
+    page.goto("/upload")
+    ready(page)
+    page.wait_for_selector(f"#arch option[value='{arch}'], #arch option:text-is('{arch}')", state="attached")
+    page.set_input_files("#file", str(path))
+    page.select_option("#arch", arch)
+    page.fill("#name", name)
+    shot(page, "upload-form")
+    page.click("#upload-submit")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f]{32}$"))
+
+
+@pytest.mark.slow
+def test_upload_flow_end_to_end(page, resnet20_checkpoint):
+    _upload(page, resnet20_checkpoint, "resnet20", "browser-resnet20")
+    page.wait_for_selector("#job[data-state='running'], #job[data-state='done']", timeout=60000)
+    page.wait_for_selector("#job[data-state='done'], #job[data-state='failed']", timeout=600000)
+    assert page.get_attribute("#job", "data-state") == "done", page.inner_text("#job")
+    shot(page, "job-done")
+    page.click("#job-model-link")
+    page.wait_for_url(re.compile("/models/browser-resnet20$"))
+    ready(page)
+    assert page.locator("#layer-table tbody tr").count() > 10
+    shot(page, "model-uploaded")
+    page.goto("/")
+    ready(page)
+    assert page.locator(".model-card[data-name='browser-resnet20']").get_attribute("data-family") == "user"
+
+
+@pytest.mark.slow
+def test_upload_with_the_wrong_architecture_says_why(page, resnet20_checkpoint):
+    _upload(page, resnet20_checkpoint, "resnet32", "browser-wrong-arch")
+    page.wait_for_selector("#job[data-state='failed']", timeout=300000)
+    msg = page.inner_text("#job-error")
+    assert "resnet32" in msg and ("missing keys" in msg or "unexpected" in msg), msg
+    shot(page, "job-failed")
+
+
+def test_upload_form_refuses_a_taken_name(page, srv_models, resnet20_checkpoint):
+    page.goto("/upload")
+    ready(page)
+    page.watch.allow_status = {409}
+    page.set_input_files("#file", str(resnet20_checkpoint))
+    page.select_option("#arch", "resnet20")
+    page.fill("#name", srv_models[0])
+    page.click("#upload-submit")
+    page.wait_for_selector("#upload-error:not([hidden])")
+    assert srv_models[0] in page.inner_text("#upload-error") and "exists" in page.inner_text("#upload-error")
+    time.sleep(0.1)
