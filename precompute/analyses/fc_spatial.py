@@ -1,0 +1,45 @@
+"""How the weight magnitude of a fully connected layer after a flatten varies with position.
+
+For a linear layer with ``flatten_from`` = [C, H, W] (no pooling before it): weights reshaped to
+(out, C, H, W); ``map`` [H][W] = mean |w| over out and C at each position; ``by_y`` [H] the mean of
+map over x (AlexNet's first FC layer varies with y), ``by_x`` [W] the mean over y.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from .base import Analysis, ModelContext, register_analysis, to_list
+from .nmf_core import cpu_threads
+
+
+class FCSpatialParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@register_analysis
+class FCSpatial(Analysis):
+    name = "fc-spatial"
+    version = 1
+    description = "Mean |w| per input position (y, x) of a fully connected layer that follows a flatten."
+    Params = FCSpatialParams
+
+    def applies(self, row: dict) -> bool:
+        return row.get("type") == "linear" and bool(row.get("flatten_from"))
+
+    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+        with cpu_threads(1 if ctx.device.type == "cpu" else 0):
+            return self._run(ctx, rows, params)
+
+    def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+        out = {}
+        for row in rows:
+            C, H, W = (int(v) for v in row["flatten_from"])
+            w = ctx.weight(row["name"])
+            if w.shape[1] != C * H * W:
+                raise ValueError(f"layer {row['name']!r}: in_features {w.shape[1]} != C*H*W = {C * H * W} "
+                                 f"of flatten_from {row['flatten_from']}")
+            m = w.abs().reshape(w.shape[0], C, H, W).double().mean(dim=(0, 1))  # (H, W)
+            out[row["name"]] = {"shape": [C, H, W], "map": to_list(m), "by_y": to_list(m.mean(1)),
+                                "by_x": to_list(m.mean(0))}
+        return out

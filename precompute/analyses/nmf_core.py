@@ -1,0 +1,514 @@
+"""The maths behind the ``nmf`` and ``clusters`` analyses, in plain torch (CPU or CUDA, same code).
+
+Shapes (B = a batch of neurons, possibly from several layers of the same weight shape):
+
+- ``X``: (B, P, F) non-negative matrices, P = kh*kw kernel positions (the samples), F = 2*C features
+  (positive and negative parts of the C input channels);
+- ``W``: (B, P, r) position factors (the images), ``H``: (B, r, F) channel factors.
+
+Everything is batched: no Python loop runs over neurons (the only exception is the scipy fallback of
+:func:`best_permutations` for rank > 5).
+
+The solver (:func:`batched_nmf`) is HALS (hierarchical alternating least squares, Cichocki & Phan
+2009), i.e. exact coordinate descent on the columns of W and the rows of H, the algorithm behind
+scikit-learn's ``solver="cd"``, started from a batched NNDSVDa initialisation (Boutsidis &
+Gallopoulos 2008, zeros filled with the mean of X, as scikit-learn's ``init="nndsvda"``). Early
+stopping is per neuron (converged neurons leave the batch); by default when the relative error
+improves by less than 2 % per 10 sweeps, which on the 13 conv layers of vgg16-hed gives a mean
+error 0.4 % above scikit-learn's at 1/5 of its sweeps (see BENCHMARKS.md); ``stop="violation"``
+reproduces scikit-learn's own rule and its errors.
+
+Speed notes (CPU): float32 throughout (the errors match float64 to 1e-7; only the 9x9 Gram
+eigendecomposition of the start is float64), one thread (:class:`cpu_threads`), denormals flushed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+#: the rule that makes colours consistent across the neurons of a layer (stored with every result)
+COLOUR_RULE = (
+    "Factors start ordered by energy (||w_k||*||h_k||, largest first). Reference = the layer's mean of "
+    "the unit-norm position factors. Each neuron's factors are permuted by an optimal assignment "
+    "(Hungarian; exhaustive over the 3! permutations, batched) maximising the summed cosine similarity "
+    "to the reference; the reference is recomputed and the matching repeated (3 rounds or until stable). "
+    "Red, green, blue = reference factors 0, 1, 2."
+)
+
+_TINY = 1e-30
+
+
+def nonneg_matrices(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weight (N, C, kh, kw) -> X (N, kh*kw, 2C) = [max(W, 0), max(-W, 0)] per neuron.
+
+    Rows are kernel positions in row-major order (y, then x); columns the C positive parts, then
+    the C negative parts. ||X_n||_F = ||W_n||_F.
+    """
+    if weight.dim() != 4:
+        raise ValueError(f"expected a conv weight of shape (N, C, kh, kw); got shape {tuple(weight.shape)}")
+    n, c, kh, kw = weight.shape
+    w = weight.reshape(n, c, kh * kw).transpose(1, 2)  # (N, P, C)
+    return torch.cat([w.clamp_min(0), (-w).clamp_min(0)], dim=2).contiguous()
+
+
+def top_svd(X: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k leading singular triplets of every (P, F) matrix of the batch, P small (kernel positions).
+
+    Through the P x P Gram matrix X X^T in float64 (eigh), which is much faster than a batched SVD
+    of wide matrices: U (B, P, k), S (B, k), Vh (B, k, F) = U^T X / S (zero where S is zero).
+    """
+    G = torch.bmm(X, X.mT).double()
+    evals, evecs = torch.linalg.eigh(G)  # ascending
+    evals = evals.flip(-1)[:, :k].clamp_min(0)
+    U = evecs.flip(-1)[:, :, :k]
+    S = evals.sqrt()
+    Vh = torch.bmm(U.mT.to(X.dtype), X)
+    Sx = S.to(X.dtype)
+    Vh = torch.where(Sx[:, :, None] > 0, Vh / Sx.clamp_min(_TINY)[:, :, None], torch.zeros_like(Vh))
+    return U.to(X.dtype), Sx, Vh
+
+
+def nndsvda_init(X: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched NNDSVDa initialisation: (B, P, F) -> W (B, P, r), H (B, r, F).
+
+    Same construction as scikit-learn's ``_initialize_nmf(init="nndsvda")`` (exact SVD instead of
+    the randomized one): the leading singular pair in absolute value, then for every further pair
+    the dominant one of its positive and negative parts; zeros are filled with the mean of X.
+    Components beyond min(P, F) are zero before the fill (so rank may exceed min(P, F)).
+    """
+    B, P, F = X.shape
+    k = min(P, F, rank)
+    U, S, Vh = top_svd(X, k)
+    W = X.new_zeros(B, P, rank)
+    H = X.new_zeros(B, rank, F)
+    W[:, :, 0] = S[:, 0, None].sqrt() * U[:, :, 0].abs()
+    H[:, 0, :] = S[:, 0, None].sqrt() * Vh[:, 0, :].abs()
+    for j in range(1, min(rank, k)):
+        x, y = U[:, :, j], Vh[:, j, :]
+        xp, yp = x.clamp_min(0), y.clamp_min(0)
+        xn, yn = (-x).clamp_min(0), (-y).clamp_min(0)
+        xpn, ypn = xp.norm(dim=1), yp.norm(dim=1)
+        xnn, ynn = xn.norm(dim=1), yn.norm(dim=1)
+        mp, mn = xpn * ypn, xnn * ynn
+        pos = (mp > mn)[:, None]
+        u = torch.where(pos, xp / xpn.clamp_min(_TINY)[:, None], xn / xnn.clamp_min(_TINY)[:, None])
+        v = torch.where(pos, yp / ypn.clamp_min(_TINY)[:, None], yn / ynn.clamp_min(_TINY)[:, None])
+        lbd = (S[:, j] * torch.where(pos[:, 0], mp, mn)).sqrt()[:, None]
+        W[:, :, j] = lbd * u
+        H[:, j, :] = lbd * v
+    eps = 1e-6
+    W = torch.where(W < eps, 0.0, W)
+    H = torch.where(H < eps, 0.0, H)
+    avg = X.mean(dim=(1, 2))
+    W = torch.where(W == 0, avg[:, None, None], W)
+    H = torch.where(H == 0, avg[:, None, None], H)
+    return W, H
+
+
+def relative_error(X: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """||X - WH||_F / ||X||_F per batch item (0 where X is all zero): (B,)."""
+    err = torch.linalg.vector_norm(torch.baddbmm(X, W, H, alpha=-1.0), dim=(1, 2))
+    nx = torch.linalg.vector_norm(X, dim=(1, 2))
+    return torch.where(nx > 0, err / nx.clamp_min(_TINY), torch.zeros_like(nx))
+
+
+@dataclass
+class NMFResult:
+    W: torch.Tensor  # (B, P, r)
+    H: torch.Tensor  # (B, r, F)
+    error: torch.Tensor  # (B,) relative reconstruction error
+    n_iter: int  # sweeps of the longest-running matrix
+    iters: Optional[torch.Tensor] = None  # (B,) sweeps of each matrix
+
+
+class cpu_threads:
+    """Context manager: run torch CPU ops with ``n`` threads inside, restoring the previous count.
+
+    The NMF is thousands of small batched operations (and a batched 9x9 or 49x49 eigh): with more
+    than one OpenMP thread, their start-up and barrier costs dominate, and when another process
+    holds a core they become catastrophic (a (64, 49, 49) batched eigh measured 0.04 s on one
+    thread and 5 s on two on the 2-core reference machine while another process was busy).
+    One thread per NMF is therefore the default; run models in parallel processes to use more cores.
+    """
+
+    def __init__(self, n: int = 1):
+        self.n = n
+
+    def __enter__(self):
+        self.prev = torch.get_num_threads()
+        if self.n and self.n != self.prev:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.prev:
+            torch.set_num_threads(self.prev)
+        return False
+
+
+#: threads for the NMF on the CPU (see :class:`cpu_threads`); 0 keeps torch's setting
+NMF_THREADS = 1
+
+
+class flush_denormal:
+    """Context manager: flush denormal floats to zero on the CPU while inside (restored to off after).
+
+    HALS drives entries of H towards zero; without this, denormal intermediates can slow the CPU
+    kernels down tenfold for some batches.
+    """
+
+    def __enter__(self):
+        self.ok = torch.set_flush_denormal(True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.ok:
+            torch.set_flush_denormal(False)
+        return False
+
+
+def batched_nmf(X: torch.Tensor, rank: int = 3, max_iter: int = 300, tol: float = 2e-2,
+                check_every: int = 5, init: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                threads: Optional[int] = None, stop: str = "improvement") -> NMFResult:
+    """Rank-``rank`` NMF X ~ W H of every matrix of the batch at once (HALS).
+
+    X: (B, P, F) non-negative. Each matrix is scaled to unit Frobenius norm for the iterations
+    (W is scaled back at the end). Early stopping per matrix, at each check (every ``check_every``
+    sweeps; ``stop`` chooses the rule):
+
+    - ``"improvement"`` (default): the matrix's relative error improved by less than
+      ``tol`` * ``check_every`` / 10 since the previous check (``tol`` is the relative improvement
+      per 10 sweeps), or the error is below 1e-4;
+    - ``"violation"``: scikit-learn's rule for its "cd" solver: the summed absolute projected
+      gradient of the sweep is at most ``tol`` times that of the first sweep (sklearn: tol = 1e-4,
+      max_iter = 200; checked every ``check_every`` sweeps here, so it may run a few sweeps more).
+
+    A finished matrix is written out and leaves the working set; the batch stops when none is
+    left (i.e. when its largest improvement is below the threshold) or after ``max_iter`` sweeps.
+    So a matrix's result does not depend on which other matrices share its batch (up to
+    floating-point summation order), and converged matrices cost nothing more. When F <= rank the
+    exact factorisation W = [X, 0], H = [I; 0] is returned at once.
+    Deterministic: NNDSVDa start, no randomness. On the CPU it runs on ``threads`` threads
+    (default :data:`NMF_THREADS`).
+    Returns W (B, P, r), H (B, r, F), the relative errors (B,) and the number of sweeps.
+    """
+    n = NMF_THREADS if threads is None else threads
+    with cpu_threads(n if X.device.type == "cpu" else 0):
+        return _batched_nmf(X, rank, max_iter, tol, check_every, init, stop)
+
+
+def _batched_nmf(X, rank, max_iter, tol, check_every, init, stop="improvement") -> NMFResult:
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1; got {rank}")
+    if stop not in ("improvement", "violation"):
+        raise ValueError(f"stop must be 'improvement' or 'violation'; got {stop!r}")
+    if X.dim() != 3:
+        raise ValueError(f"X must be (B, P, F); got shape {tuple(X.shape)}")
+    B, P, F = X.shape
+    if B == 0:
+        return NMFResult(X.new_zeros(0, P, rank), X.new_zeros(0, rank, F), X.new_zeros(0), 0,
+                         torch.zeros(0, dtype=torch.long))
+    if bool((X < 0).any()):
+        raise ValueError("X must be non-negative")
+    nx = torch.linalg.vector_norm(X, dim=(1, 2))
+    scale = torch.where(nx > 0, nx, torch.ones_like(nx))
+    W_out = X.new_zeros(B, P, rank)
+    H_out = X.new_zeros(B, rank, F)
+    iters = torch.zeros(B, dtype=torch.long)
+    # working set: one buffer [X; H] per matrix, so that X H^T and H H^T come out of one product;
+    # matrices that have converged are written out and dropped from it at each check
+    Y = X.new_empty(B, P + rank, F)
+    Y[:, :P] = X / scale[:, None, None]
+    idx = torch.arange(B, device=X.device)
+    live = (nx > 0).to(X.dtype)  # all-zero matrices: ||X|| = 0, error defined as 0
+    offdiag = 1.0 - torch.eye(rank, dtype=X.dtype, device=X.device)
+    with flush_denormal():
+        Xs, H = Y[:, :P], Y[:, P:]
+        if init is not None:
+            W = init[0] / scale[:, None, None].sqrt()
+            H.copy_(init[1] / scale[:, None, None].sqrt())
+        elif F <= rank:
+            # exact: X = [X, 0] [I; 0] (e.g. a depthwise neuron: its positive and negative parts)
+            W = torch.cat([Xs, Xs.new_zeros(B, P, rank - F)], 2)
+            H.zero_()
+            H[:, :F, :] = torch.eye(F, dtype=X.dtype, device=X.device)
+            max_iter = 0
+        else:
+            W, H0 = nndsvda_init(Xs, rank)
+            H.copy_(H0)
+            del H0
+        W = W.clone()
+        prev = None
+        it = 0
+        viol0 = None
+        for it in range(1, max_iter + 1):
+            check = (it % check_every == 0 and it < max_iter) or it == 1
+            viol = X.new_zeros(W.shape[0]) if (check and stop == "violation") else None
+            # W (positions): coordinate descent on its columns, H fixed
+            Gt = torch.bmm(H, Y.mT)  # (b, r, P + r) = [H X^T, H H^T]; faster than Y H^T on MKL
+            XHt, HHt = Gt[:, :, :P].mT, Gt[:, :, P:]
+            dw = HHt.diagonal(dim1=1, dim2=2).clamp_min(_TINY)  # (b, r)
+            for k in range(rank):
+                num = torch.baddbmm(XHt[:, :, k:k + 1], W, HHt[:, :, k:k + 1], alpha=-1.0)[:, :, 0]
+                if viol is not None:  # projected gradient (-num), as scikit-learn's solver accumulates it
+                    viol += torch.where(W[:, :, k] == 0, num.clamp_min(0), num.abs()).sum(1)
+                W[:, :, k] = (W[:, :, k] + num / dw[:, k:k + 1]).clamp_min_(0)
+            # H (channels): coordinate descent on its rows, W fixed. With D = diag(W^T W):
+            # h_k <- max(0, (D^-1 W^T X)_k - sum_{j != k} (D^-1 W^T W)_kj h_j).
+            # A column w_k that died (all zero) leaves h_k as it is (A_kk = -1 gives t = h_k), as
+            # scikit-learn's solver does, so that w_k can come back at the next W update.
+            WtW = torch.bmm(W.mT, W)  # (b, r, r)
+            d = WtW.diagonal(dim1=1, dim2=2).clamp_min(_TINY)  # (b, r)
+            dinv = 1.0 / d
+            A = WtW * dinv[:, :, None] * offdiag - torch.diag_embed((d <= _TINY).to(X.dtype))
+            Bm = torch.bmm((W * dinv[:, None, :]).mT, Xs)  # (b, r, F)
+            for k in range(rank):
+                t = torch.baddbmm(Bm[:, k:k + 1], A[:, k:k + 1], H, alpha=-1.0)
+                if viol is not None:  # gradient d_k (h_k - t), projected
+                    g = (H[:, k] - t[:, 0]) * (d[:, k:k + 1] * (d[:, k:k + 1] > _TINY))
+                    viol += torch.where(H[:, k] == 0, (-g).clamp_min(0), g.abs()).sum(1)
+                torch.clamp_min(t[:, 0], 0, out=H[:, k])
+            if not check:
+                continue
+            if stop == "violation":
+                if viol0 is None:
+                    viol0 = viol
+                    continue
+                done = viol <= tol * viol0
+            else:
+                # ||X - WH||^2 = ||X||^2 - 2<W^T X, H> + <W^T W, H H^T>, with ||X|| = 1 (or 0)
+                e2 = live - 2 * ((Bm * H).sum(2) * d).sum(1) + (WtW * torch.bmm(H, H.mT)).sum((1, 2))
+                err = e2.clamp_min(0).sqrt()
+                if prev is None:
+                    prev = err
+                    continue
+                improve = (prev - err) / prev.clamp_min(1e-6)
+                # converged: relative improvement below tol per 10 sweeps, or already exact to 1e-4
+                done = (improve < tol * check_every / 10) | (err < 1e-4)
+                prev = err
+            if bool(done.any()):
+                gone = idx[done]
+                W_out[gone], H_out[gone] = W[done], H[done]
+                iters[gone.cpu()] = it
+                keep = ~done
+                idx = idx[keep]
+                if not idx.numel():
+                    break
+                Y, W, live = Y[keep], W[keep], live[keep]
+                if viol0 is not None:
+                    viol0 = viol0[keep]
+                if prev is not None:
+                    prev = prev[keep]
+                Xs, H = Y[:, :P], Y[:, P:]
+        if idx.numel():
+            W_out[idx], H_out[idx] = W, H
+            iters[idx.cpu()] = it
+        del Y, Xs, H, W
+        W_out *= scale[:, None, None]
+        err = relative_error(X, W_out, H_out)
+    return NMFResult(W_out, H_out, err, int(iters.max()), iters)
+
+
+def factor_energy(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """||w_k|| * ||h_k|| for each factor: (B, r), the Frobenius norm of its rank-one term."""
+    return W.norm(dim=1) * H.norm(dim=2)
+
+
+def _unit(F: torch.Tensor) -> torch.Tensor:
+    """Columns (dim 1) to unit L2 norm, zero columns stay zero. (B, P, r)."""
+    return F / F.norm(dim=1, keepdim=True).clamp_min(_TINY)
+
+
+def best_permutations(sim: torch.Tensor) -> torch.Tensor:
+    """Optimal assignment for every item of a batch: sim (B, r, r) similarity of factor i to colour j.
+
+    Returns perm (B, r) with perm[b, j] = the factor that becomes colour j, maximising
+    sum_j sim[b, perm[b, j], j]. For r <= 5 all r! permutations are scored in one tensor operation
+    (exact, the same optimum as the Hungarian algorithm); beyond, scipy's linear_sum_assignment per item.
+    """
+    B, r, _ = sim.shape
+    if r <= 5:
+        perms = torch.tensor(list(itertools.permutations(range(r))), device=sim.device)  # (p, r)
+        cols = torch.arange(r, device=sim.device)
+        scores = sim[:, perms, cols].sum(-1)  # (B, p)
+        return perms[scores.argmax(dim=1)]
+    from scipy.optimize import linear_sum_assignment
+
+    out = np.empty((B, r), dtype=np.int64)
+    s = sim.detach().cpu().numpy()
+    for b in range(B):
+        rows, cols = linear_sum_assignment(-s[b])
+        out[b, cols] = rows
+    return torch.as_tensor(out, device=sim.device)
+
+
+def align_colours(W: torch.Tensor, H: Optional[torch.Tensor] = None, rounds: int = 3,
+                  reference: Optional[torch.Tensor] = None,
+                  start: str = "energy") -> tuple[torch.Tensor, torch.Tensor]:
+    """Permute each neuron's factors so that colour j means the same thing across the batch.
+
+    W: (B, P, r) position factors of ONE layer (or of a set of layers aligned together);
+    H: (B, r, F) optional channel factors, used only for the initial energy order.
+    Returns (perm (B, r), reference (P, r)); apply with ``W.gather(2, perm[:, None, :].expand_as(W))``.
+    See :data:`COLOUR_RULE`. With ``reference`` given, one matching against it (no iteration).
+    ``start="identity"`` keeps the given factor order for the first reference (to re-align factors
+    that are already aligned within groups, e.g. layers, across groups).
+    """
+    B, P, r = W.shape
+    if start not in ("energy", "identity"):
+        raise ValueError(f"start must be 'energy' or 'identity'; got {start!r}")
+    if start == "identity":
+        order = torch.arange(r, device=W.device).expand(B, r).contiguous()
+    elif H is not None:
+        order = torch.argsort(factor_energy(W, H), dim=1, descending=True, stable=True)
+    else:
+        order = torch.argsort(W.norm(dim=1), dim=1, descending=True, stable=True)
+    U = _unit(W)
+    perm = order
+    if B == 0:
+        return perm, W.new_zeros(P, r)
+    fixed = reference is not None
+    for _ in range(1 if fixed else rounds):
+        if not fixed:
+            reference = U.gather(2, perm[:, None, :].expand_as(U)).mean(0)  # (P, r)
+        ref = reference / reference.norm(dim=0, keepdim=True).clamp_min(_TINY)
+        sim = torch.einsum("bpi,pj->bij", U, ref)  # cosine similarity of factor i to colour j
+        new = best_permutations(sim)
+        if torch.equal(new, perm) and not fixed:
+            break
+        perm = new
+    if not fixed:
+        reference = U.gather(2, perm[:, None, :].expand_as(U)).mean(0)
+    return perm, reference
+
+
+def apply_perm(W: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """W (B, P, r) with its factors reordered: out[:, :, j] = W[:, :, perm[:, j]]."""
+    return W.gather(2, perm[:, None, :].expand_as(W))
+
+
+def images_from_factors(W: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+    """(B, P, r) -> (B, kh, kw, r) images, each divided by its own max (all-zero stays zero)."""
+    B, P, r = W.shape
+    img = W.reshape(B, kernel[0], kernel[1], r)
+    mx = img.amax(dim=(1, 2, 3), keepdim=True)
+    return torch.where(mx > 0, img / mx.clamp_min(_TINY), torch.zeros_like(img))
+
+
+def banding_scores(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per neuron (row share - column share, spatial variance): images (N, kh, kw, r) -> (index (N,), var (N,)).
+
+    The reduced form R = sum over colours, minus its mean. Row share = (kw * sum_y rowmean_y^2) / sum R^2,
+    the share of the spatial variance explained by the row means (horizontal stripes); column share
+    likewise. A neuron with no spatial variance gets index 0 and var 0.
+    """
+    R = images.sum(-1)
+    R = R - R.mean(dim=(1, 2), keepdim=True)
+    total = (R * R).sum(dim=(1, 2))
+    kh, kw = R.shape[1], R.shape[2]
+    rows = kw * (R.mean(dim=2) ** 2).sum(1)
+    cols = kh * (R.mean(dim=1) ** 2).sum(1)
+    ok = total > 1e-12
+    idx = torch.where(ok, (rows - cols) / total.clamp_min(_TINY), torch.zeros_like(total))
+    return idx, torch.where(ok, total, torch.zeros_like(total))
+
+
+def banding_index(images: torch.Tensor, energy: torch.Tensor) -> float:
+    """Energy-weighted mean over neurons of (row share - column share) of the reduced forms' variance.
+
+    +1: horizontal stripes (each kernel varies with y only), -1: vertical stripes, ~0: neither.
+    Neurons whose reduced form is flat (no spatial variance) carry no weight. 0.0 if none has any.
+    """
+    idx, var = banding_scores(images)
+    w = torch.where(var > 0, energy.to(idx.dtype), torch.zeros_like(idx))
+    s = float(w.sum())
+    return float((w * idx).sum()) / s if s > 0 else 0.0
+
+
+def leaf_order(features: np.ndarray, method: str = "average", olo_max: int = 512) -> list[int]:
+    """Neuron order by similarity: hierarchical clustering (``method`` linkage, Euclidean distance)
+    of the rows of ``features`` (N, D); the dendrogram's leaves in optimal leaf ordering
+    (Bar-Joseph et al. 2001; scipy) when N <= ``olo_max``, else in the dendrogram's own order
+    (optimal leaf ordering costs about N^3: 0.2 s at N = 512, 1.6 s at 960 on one core)."""
+    from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
+    from scipy.spatial.distance import pdist
+
+    n = features.shape[0]
+    if n <= 2:
+        return list(range(n))
+    d = pdist(np.asarray(features, dtype=np.float64))
+    if not np.any(d > 0):
+        return list(range(n))
+    Z = linkage(d, method=method)
+    if n <= olo_max:
+        Z = optimal_leaf_ordering(Z, d)
+    return [int(i) for i in leaves_list(Z)]
+
+
+@dataclass
+class LayerNMF:
+    images: torch.Tensor  # (N, kh, kw, r) in [0, 1], colours aligned
+    error: torch.Tensor  # (N,)
+    energy: torch.Tensor  # (N,)
+    order: list[int]
+    banding_index: float
+    n_iter: int
+
+
+def nmf_layers(weights: dict[str, torch.Tensor], rank: int = 3, max_iter: int = 300, tol: float = 2e-2,
+               align_rounds: int = 3, order_method: str = "average",
+               max_batch_elems: int = 2 ** 24, stop: str = "improvement",
+               olo_max: int = 512) -> dict[str, LayerNMF]:
+    """NMF of every neuron of every layer given: {name: weight (N, C, kh, kw)} -> {name: LayerNMF}.
+
+    Layers with the same (C, kh, kw) are stacked into one batch (the neurons' matrices are
+    independent, and early stopping is per neuron, so stacking changes no result). A batch larger
+    than ``max_batch_elems`` elements of X is solved in consecutive chunks of whole neurons, which
+    bounds the memory (X and H are each about 4 bytes x the budget).
+    Colours are aligned, neurons ordered and the banding index computed per layer.
+    """
+    with cpu_threads(NMF_THREADS if any(w.device.type == "cpu" for w in weights.values()) else 0):
+        return _nmf_layers(weights, rank, max_iter, tol, align_rounds, order_method, max_batch_elems, stop, olo_max)
+
+
+def _nmf_layers(weights, rank, max_iter, tol, align_rounds, order_method, max_batch_elems, stop, olo_max):
+    groups: dict[tuple, list[str]] = {}
+    for name, w in weights.items():
+        if w.dim() != 4:
+            raise ValueError(f"layer {name!r}: expected a conv weight (N, C, kh, kw); got shape {tuple(w.shape)}")
+        groups.setdefault(tuple(w.shape[1:]), []).append(name)
+    out: dict[str, LayerNMF] = {}
+    for shape, names in groups.items():
+        c, kh, kw = shape
+        per = kh * kw * 2 * c
+        X = torch.cat([nonneg_matrices(weights[n]) for n in names], 0)
+        sizes = [weights[n].shape[0] for n in names]
+        chunk = max(1, max_batch_elems // max(per, 1))
+        Ws, errs, iters = [], [], 0
+        for s in range(0, X.shape[0], chunk):
+            res = batched_nmf(X[s:s + chunk], rank=rank, max_iter=max_iter, tol=tol, stop=stop)
+            # carry each factor's energy ||h_k|| into w_k, so that W alone orders the factors
+            Ws.append(res.W * res.H.norm(dim=2)[:, None, :])
+            errs.append(res.error)
+            iters = max(iters, res.n_iter)
+        Wall = torch.cat(Ws, 0)
+        err = torch.cat(errs, 0)
+        energy = torch.linalg.vector_norm(X, dim=(1, 2))
+        del X
+        start = 0
+        for name, n in zip(names, sizes):
+            Wl = Wall[start:start + n]
+            perm, _ = align_colours(Wl, rounds=align_rounds)
+            imgs = images_from_factors(apply_perm(Wl, perm), (kh, kw))
+            e = energy[start:start + n]
+            feats = imgs.reshape(n, -1).double().cpu().numpy()
+            out[name] = LayerNMF(images=imgs, error=err[start:start + n], energy=e,
+                                 order=leaf_order(feats, method=order_method, olo_max=olo_max),
+                                 banding_index=banding_index(imgs, e), n_iter=iters)
+            start += n
+    return out

@@ -1,0 +1,193 @@
+"""Which neurons of the feeding layer connect to which neurons of this one: SVD of |W| (Voss et al.,
+"Branch Specialization").
+
+For a conv layer (or a linear layer fed by a conv) with feeder ``row["feeds_from"]`` (N1 neurons).
+Depthwise convs are left out: each of their neurons reads one channel, so M is a scaled
+permutation-like matrix whose SVD only sorts the neurons by kernel norm.
+
+- M (N2 x N1) = |W| summed over kernel positions. Grouped convs: the full block-diagonal matrix,
+  zero where a neuron is not connected to a feeder neuron. A linear layer after a flatten
+  [C, H, W]: |W| reshaped (N2, C, H*W) and summed over the positions.
+- Uncentred SVD M = U S V^T, k = min(8, N1, N2) leading triplets (:func:`top_svd`; singular
+  values below 1e-6 of the largest are reported as 0, with zero vectors). ``u`` (N2 x k) places this layer's
+  neurons, ``v`` (N1 x k) the feeder's neurons: the raw singular vectors (unit-norm columns, not
+  scaled by the singular values; multiply by ``singular_values`` for u*s). Sign convention: each
+  column of ``u`` has a non-negative sum (the first vector of a non-negative M is then >= 0, the
+  "overall strength" direction).
+- Centred PCA: the columns of M centred over this layer's neurons (M - mean over rows), then the
+  SVD of that: ``pca.u`` (N2 x k) are the principal directions in neuron space (unit columns),
+  ``pca.v`` (N1 x k) the loadings of the feeder's neurons, ``explained_variance_ratio`` = s_i^2 / sum s^2.
+- ``feeder_property`` colours the feeder's neurons: ``colourfulness`` when the feeder is a conv on
+  3 input channels (RGB): mean over kernel positions of the std across the 3 channels, divided by
+  the RMS of the filter, in [0, 1] (0 grey, 1 colour-opponent); otherwise ``branch`` when this layer
+  or the feeder is a grouped (not depthwise) conv: the group index of each feeder neuron (the
+  group of this layer that reads it, else the feeder's own group); otherwise ``norm``: the L2 norm
+  of each feeder neuron's weights. An RGB feeder of a grouped layer also carries ``branch``
+  beside its colourfulness (the article's question: does one branch take the colour filters?).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import Analysis, ModelContext, register_analysis, to_list
+from .nmf_core import cpu_threads
+
+
+class SVDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(8, ge=1, le=32, description="singular vectors kept (at most min(N1, N2))")
+
+
+def connection_matrix(weight: torch.Tensor, groups: int = 1, n_feeder: int | None = None,
+                      flatten_from: list | None = None) -> torch.Tensor:
+    """|W| summed over kernel positions as the full (N2 x N1) matrix.
+
+    weight: conv (N2, N1/groups, kh, kw) or linear (N2, in). For a linear after a flatten,
+    ``flatten_from`` = [C, H, W] and the H*W positions of each channel are summed.
+    """
+    if weight.dim() == 4:
+        N2, Cg = weight.shape[:2]
+        a = weight.abs().sum(dim=(2, 3))  # (N2, Cg)
+        if groups == 1:
+            return a
+        if N2 % groups:
+            raise ValueError(f"out channels {N2} not divisible by groups {groups}")
+        N1 = Cg * groups
+        cols = (torch.arange(N2, device=weight.device) // (N2 // groups) * Cg)[:, None] + torch.arange(Cg, device=weight.device)
+        return torch.zeros(N2, N1, dtype=a.dtype, device=a.device).scatter_(1, cols, a)
+    if weight.dim() == 2:
+        if flatten_from:
+            C, H, W = (int(v) for v in flatten_from)
+            if weight.shape[1] != C * H * W:
+                raise ValueError(f"linear in_features {weight.shape[1]} != C*H*W of flatten_from {flatten_from}")
+            return weight.abs().reshape(weight.shape[0], C, H * W).sum(2)
+        return weight.abs()
+    raise ValueError(f"expected a conv or linear weight; got shape {tuple(weight.shape)}")
+
+
+def _sign_fix(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip singular pairs so that every column of u has a non-negative sum (largest entry positive on a tie)."""
+    s = u.sum(0)
+    big = u.gather(0, u.abs().argmax(0, keepdim=True))[0]
+    sign = torch.where(s.abs() > 1e-6 * u.abs().sum(0).clamp_min(1e-30), s.sign(), big.sign())
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return u * sign, v * sign
+
+
+def top_svd(M: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k leading singular triplets of M (m x n) in float64: U (m, k), S (k,), V (n, k).
+
+    Through the eigendecomposition of the Gram matrix of the smaller side (M^T M or M M^T, float64),
+    about twice as fast as a full SVD for the square 512 x 512 matrices of VGG and exact for the
+    leading triplets (their relative accuracy is ~1e-16 * s_max^2 / s_i^2). Singular values below
+    1e-6 * s_max (not resolvable through the Gram matrix) are reported as 0 with zero vectors,
+    not an arbitrary basis of the null space.
+    """
+    M = M.double()
+    m, n = M.shape
+    k = min(k, m, n)
+    tall = m >= n
+    G = (M.T @ M if tall else M @ M.T).cpu().numpy()
+    size = G.shape[0]
+    import scipy.linalg
+
+    # LAPACK ?syevr for the top k only: ~3x faster than all of them
+    evals, evecs = scipy.linalg.eigh(G, subset_by_index=[size - k, size - 1], driver="evr")
+    lam = torch.from_numpy(evals[::-1].copy()).to(M.device).clamp_min(0)
+    E = torch.from_numpy(evecs[:, ::-1].copy()).to(M.device)
+    S = lam.sqrt()
+    # the Gram matrix resolves singular values down to ~1e-7 s_max (float64): below 1e-6 s_max, zero
+    ok = S > 1e-6 * max(float(S[0]) if k else 0.0, 1e-300)
+    other = (M @ E) if tall else (M.T @ E)
+    other = torch.where(ok, other / S.clamp_min(1e-300), torch.zeros_like(other))
+    E = torch.where(ok, E, torch.zeros_like(E))
+    S = torch.where(ok, S, torch.zeros_like(S))
+    return (other, S, E) if tall else (E, S, other)
+
+
+def svd_of(M: torch.Tensor, k: int) -> dict:
+    """Uncentred SVD and centred PCA of M (N2 x N1); see the module docstring for conventions."""
+    M = M.double()
+    k = min(k, *M.shape)
+    U, S, V = top_svd(M, k)
+    u, v = _sign_fix(U, V)
+    Mc = M - M.mean(0, keepdim=True)
+    Uc, Sc, Vc = top_svd(Mc, k)
+    uc, vc = _sign_fix(Uc, Vc)
+    tot = float((Mc * Mc).sum())  # = sum of all squared singular values of Mc
+    evr = (Sc ** 2 / tot) if tot > 0 else torch.zeros(k, dtype=M.dtype)
+    return {"singular_values": S, "u": u, "v": v,
+            "pca": {"explained_variance_ratio": evr, "u": uc, "v": vc}}
+
+
+def colourfulness(weight: torch.Tensor) -> torch.Tensor:
+    """For RGB filters (N, 3, kh, kw): mean over positions of the std across the 3 channels / RMS of the filter.
+
+    In [0, 1]; 0 for a grey filter (same kernel on R, G and B), 1 for a filter whose channels sum
+    to zero at every position with equal energy everywhere. 0 for an all-zero filter.
+    """
+    std = weight.std(dim=1, unbiased=False)  # (N, kh, kw)
+    rms = weight.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    m = std.mean(dim=(1, 2))
+    return torch.where(rms > 0, m / rms.clamp_min(1e-30), torch.zeros_like(m))
+
+
+def _grouped(row: dict) -> int:
+    g = int(row.get("groups") or 1)
+    return g if g > 1 and not row.get("depthwise") else 1
+
+
+@register_analysis
+class SVD(Analysis):
+    name = "svd"
+    version = 1
+    description = ("SVD (and centred PCA) of |W| summed over kernel positions between a layer and the conv "
+                   "that feeds it; coordinates of both layers' neurons on the leading singular vectors.")
+    Params = SVDParams
+
+    def applies(self, row: dict) -> bool:
+        """Conv (not depthwise) or linear layers fed by a conv."""
+        return row.get("type") in ("conv", "linear") and bool(row.get("feeds_from")) and not row.get("depthwise")
+
+    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+        from threadpoolctl import threadpool_limits
+
+        # many small LAPACK calls: one thread each (torch and scipy's BLAS), see nmf_core.cpu_threads
+        with cpu_threads(1 if ctx.device.type == "cpu" else 0), threadpool_limits(1):
+            return self._run(ctx, rows, params)
+
+    def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+        out = {}
+        for row in rows:
+            feeder = ctx.row(row["feeds_from"])
+            if feeder.get("type") != "conv":
+                raise ValueError(f"layer {row['name']!r}: feeder {feeder['name']!r} is a {feeder.get('type')}, not a conv")
+            n1 = int(feeder["out_channels"])
+            M = connection_matrix(ctx.weight(row["name"]), groups=int(row.get("groups") or 1),
+                                  flatten_from=row.get("flatten_from") if row["type"] == "linear" else None)
+            if M.shape[1] != n1:
+                raise ValueError(f"layer {row['name']!r} has {M.shape[1]} input channels but its feeder "
+                                 f"{feeder['name']!r} has {n1} neurons")
+            res = svd_of(M, params.k)
+            fw = ctx.weight(feeder["name"])
+            g = _grouped(row) if _grouped(row) > 1 else _grouped(feeder)
+            branch = (torch.arange(n1) // (n1 // g)).tolist() if g > 1 else None
+            if fw.dim() == 4 and fw.shape[1] == 3 and int(feeder.get("groups") or 1) == 1:
+                prop = {"name": "colourfulness", "values": to_list(colourfulness(fw))}
+                if branch is not None:
+                    prop["branch"] = branch
+            elif branch is not None:
+                prop = {"name": "branch", "values": branch}
+            else:
+                prop = {"name": "norm", "values": to_list(fw.flatten(1).norm(dim=1))}
+            out[row["name"]] = {
+                "feeder": feeder["name"],
+                "singular_values": to_list(res["singular_values"]),
+                "u": to_list(res["u"]), "v": to_list(res["v"]),
+                "pca": {k: to_list(v) for k, v in res["pca"].items()},
+                "feeder_property": prop,
+            }
+        return out
