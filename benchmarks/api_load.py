@@ -1,12 +1,18 @@
-"""Load test of the explorer API: requests/s and latency for a layer's JSON at 32 concurrent clients.
+"""Load test of the explorer API: requests/s, latency, failures and the server's memory at 32 concurrent clients.
 
 Starts uvicorn (factory mode, one worker) on a free localhost port in a subprocess against an existing
 cache, warms it up, fires N GET requests from C concurrent keep-alive clients, and prints req/s, p50,
-p90, p99, failures and the server's RSS.
+p90, p99, failures and the server's RSS, sampled every 50 ms during the run: after the warm-up, the
+maximum during the run, at the end, and the growth (max - after warm-up).
 
     .venv/bin/python benchmarks/api_load.py --data-dir ~/.convscope            # first model's largest NMF layer
+    .venv/bin/python benchmarks/api_load.py --data-dir DIR --mix -n 10000      # several endpoints and pages (below)
     .venv/bin/python benchmarks/api_load.py --data-dir DIR --path /api/models/resnet20-cifar10/layers/layer3.2.conv2/nmf
     .venv/bin/python benchmarks/api_load.py --data-dir DIR --client httpx      # httpx.AsyncClient instead of raw sockets
+
+``--mix`` spreads the requests round-robin over cached endpoints of every model with an NMF result: the
+largest NMF layer's result (layer JSON), the layer context, the model JSON, the models list, neuron JSON
+for 8 neurons, and the home, model, layer and neuron pages.
 
 Clients: ``raw`` (default) is a minimal HTTP/1.1 keep-alive client on asyncio streams, so that on a small
 machine the load generator takes little of the CPU the server needs; ``httpx`` uses httpx.AsyncClient.
@@ -66,8 +72,8 @@ def start_server(env: dict, port: int, workers: int) -> subprocess.Popen:
     raise SystemExit("uvicorn did not start within 60 s")
 
 
-def pick_path(base: str) -> str:
-    """The NMF result of the layer with the most neurons of the first model that has one."""
+def _nmf_models(base: str):
+    """(model, its largest NMF layer, neuron count) of every model that has an NMF result."""
     with urllib.request.urlopen(base + "/api/models") as r:
         models = json.load(r)["models"]
     if not models:
@@ -79,28 +85,82 @@ def pick_path(base: str) -> str:
         if layers:
             rows = {row["name"]: row for row in detail["inventory"]}
             best = max(layers, key=lambda name: rows[name]["weight_shape"][0])
-            return f"/api/models/{m['name']}/layers/{best}/nmf"
+            yield m["name"], best, rows[best]["weight_shape"][0]
+
+
+def pick_path(base: str) -> str:
+    """The NMF result of the layer with the most neurons of the first model that has one."""
+    for m, layer, _ in _nmf_models(base):
+        return f"/api/models/{m}/layers/{layer}/nmf"
     raise SystemExit("no model in the cache has an NMF result")
 
 
+def mixed_paths(base: str) -> list[str]:
+    """Cached endpoints and pages of every model with an NMF result (see --mix)."""
+    paths = ["/api/models", "/"]
+    for m, layer, n in _nmf_models(base):
+        paths += [f"/api/models/{m}/layers/{layer}/nmf", f"/api/models/{m}/layers/{layer}", f"/api/models/{m}",
+                  f"/models/{m}", f"/models/{m}/layers/{layer}", f"/models/{m}/layers/{layer}/neurons/0"]
+        paths += [f"/api/models/{m}/layers/{layer}/neurons/{i * n // 8}" for i in range(8)]
+    if len(paths) == 2:
+        raise SystemExit("no model in the cache has an NMF result")
+    return paths
+
+
+class RSSSampler:
+    """Samples a process' resident set size every ``every`` seconds in a thread."""
+
+    def __init__(self, pid: int, every: float = 0.05):
+        import threading
+
+        self.pid, self.every, self.samples = pid, every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.samples.append(rss_mb(self.pid))
+
+    def __enter__(self):
+        self.samples.append(rss_mb(self.pid))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(rss_mb(self.pid))
+
+
 # ---- clients ----------------------------------------------------------------------------------------
-async def raw_worker(port: int, path: str, n: int, gzip: bool, lat: list, fails: list) -> None:
-    req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n"
-           + ("Accept-Encoding: gzip\r\n" if gzip else "") + "\r\n").encode()
+async def raw_worker(port: int, paths, n: int, gzip: bool, lat: list, fails: list, start: int = 0) -> None:
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    reqs = [(f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json, text/html\r\n"
+             + ("Accept-Encoding: gzip\r\n" if gzip else "") + "\r\n").encode() for p in paths]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for _ in range(n):
+    for j in range(n):
         t0 = time.perf_counter()
         try:
-            writer.write(req)
+            writer.write(reqs[(start + j) % len(reqs)])
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
-            length = 0
+            length, chunked = 0, False
             for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
+                low = line.lower()
+                if low.startswith(b"content-length:"):
                     length = int(line.split(b":", 1)[1])
-            await reader.readexactly(length)
+                elif low.startswith(b"transfer-encoding:") and b"chunked" in low:
+                    chunked = True
+            if chunked:
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+                    await reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+            else:
+                await reader.readexactly(length)
             if status != 200:
-                fails.append(status)
+                fails.append((status, paths[(start + j) % len(reqs)]))
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:
             fails.append(repr(e))
             writer.close()
@@ -122,19 +182,22 @@ async def httpx_worker(client, url: str, n: int, gzip: bool, lat: list, fails: l
         lat.append(time.perf_counter() - t0)
 
 
-async def run_load(port: int, path: str, total: int, conc: int, client: str, gzip: bool) -> tuple[list, list, float]:
+async def run_load(port: int, path, total: int, conc: int, client: str, gzip: bool) -> tuple[list, list, float]:
+    """``path``: one path, or a list that every client walks round-robin (each from its own offset)."""
     lat: list[float] = []
     fails: list = []
     per = [total // conc + (1 if i < total % conc else 0) for i in range(conc)]
+    paths = [path] if isinstance(path, str) else list(path)
     t0 = time.perf_counter()
     if client == "httpx":
         import httpx
 
         limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
         async with httpx.AsyncClient(limits=limits, timeout=30) as c:
-            await asyncio.gather(*(httpx_worker(c, f"http://127.0.0.1:{port}{path}", k, gzip, lat, fails) for k in per))
+            await asyncio.gather(*(httpx_worker(c, f"http://127.0.0.1:{port}{paths[i % len(paths)]}", k, gzip, lat, fails)
+                                   for i, k in enumerate(per)))
     else:
-        await asyncio.gather(*(raw_worker(port, path, k, gzip, lat, fails) for k in per))
+        await asyncio.gather(*(raw_worker(port, paths, k, gzip, lat, fails, start=i) for i, k in enumerate(per)))
     return lat, fails, time.perf_counter() - t0
 
 
@@ -153,11 +216,49 @@ def _run(coro):
         return asyncio.run(coro)
 
 
+def run_benchmark(env: dict, path=None, mix: bool = False, requests: int = 20000, concurrency: int = 32,
+                  client: str = "raw", gzip: bool = True, workers: int = 1) -> dict:
+    """Start a server with ``env``, warm it, load it, sample its RSS; returns the figures (see main)."""
+    load_before = round(os.getloadavg()[0], 2)
+    port = free_port()
+    proc = start_server(env, port, workers)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        paths = mixed_paths(base) if mix else [path or pick_path(base)]
+        size = 0
+        for p in paths:
+            with urllib.request.urlopen(base + p) as r:
+                size += len(r.read())
+        # warm-up: every path a few times (in-memory LRUs, templates, lazy imports)
+        _run(run_load(port, paths, max(min(2000, requests), 4 * len(paths)), concurrency, client, gzip))
+        with RSSSampler(proc.pid) as rss:
+            lat, fails, wall = _run(run_load(port, paths, requests, concurrency, client, gzip))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000  # noqa: E731
+    samples = [x for x in rss.samples if x == x]  # drop NaN (process gone)
+    return {"paths": paths if mix else paths[0], "distinct_paths": len(paths), "body_bytes": size // len(paths),
+            "requests": len(lat), "concurrency": concurrency, "client": client, "gzip": gzip, "workers": workers,
+            "req_per_s": round(len(lat) / wall, 1), "p50_ms": round(q(0.50), 2), "p90_ms": round(q(0.90), 2),
+            "p99_ms": round(q(0.99), 2), "mean_ms": round(statistics.fmean(lat) * 1000, 2), "failures": len(fails),
+            "first_failures": [str(f) for f in fails[:5]],
+            "rss_start_mb": round(samples[0], 1), "rss_max_mb": round(max(samples), 1),
+            "rss_end_mb": round(samples[-1], 1), "rss_growth_mb": round(max(samples) - samples[0], 1),
+            "rss_samples": len(samples), "server_rss_mb": round(samples[-1], 1), "cpus": os.cpu_count(),
+            "load_before": load_before, "uvloop_httptools": _fast_http()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, help="CONVSCOPE_DATA_DIR of an existing cache (default: the environment's)")
     ap.add_argument("--cache-dir", type=Path, help="CONVSCOPE_CACHE_DIR, if not under the data dir")
     ap.add_argument("--path", help="URL path to load (default: the first model's largest NMF layer)")
+    ap.add_argument("--mix", action="store_true", help="several endpoints and pages instead of one path (see above)")
     ap.add_argument("-n", "--requests", type=int, default=20000)
     ap.add_argument("-c", "--concurrency", type=int, default=32)
     ap.add_argument("--client", choices=["raw", "httpx"], default="raw")
@@ -171,44 +272,24 @@ def main(argv=None) -> int:
         env["CONVSCOPE_DATA_DIR"] = str(args.data_dir)
     if args.cache_dir:
         env["CONVSCOPE_CACHE_DIR"] = str(args.cache_dir)
-    load_before = round(os.getloadavg()[0], 2)
-    port = free_port()
-    proc = start_server(env, port, args.workers)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        path = args.path or pick_path(base)
-        with urllib.request.urlopen(base + path) as r:
-            size = len(r.read())
-        _run(run_load(port, path, min(2000, args.requests), args.concurrency, args.client, not args.no_gzip))
-        lat, fails, wall = _run(run_load(port, path, args.requests, args.concurrency, args.client,
-                                                not args.no_gzip))
-        rss = rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    lat.sort()
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000  # noqa: E731
-    out = {"path": path, "body_bytes": size, "requests": len(lat), "concurrency": args.concurrency,
-           "client": args.client, "gzip": not args.no_gzip, "workers": args.workers,
-           "req_per_s": round(len(lat) / wall, 1), "p50_ms": round(q(0.50), 2), "p90_ms": round(q(0.90), 2),
-           "p99_ms": round(q(0.99), 2), "mean_ms": round(statistics.fmean(lat) * 1000, 2), "failures": len(fails),
-           "server_rss_mb": round(rss, 1), "cpus": os.cpu_count(), "load_before": load_before,
-           "uvloop_httptools": _fast_http()}
+    out = run_benchmark(env, path=args.path, mix=args.mix, requests=args.requests, concurrency=args.concurrency,
+                        client=args.client, gzip=not args.no_gzip, workers=args.workers)
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"GET {path} ({size:,} bytes uncompressed), {out['requests']} requests, {args.concurrency} concurrent "
-              f"clients ({args.client}, gzip {'on' if out['gzip'] else 'off'}), {args.workers} worker(s), {out['cpus']} CPUs")
+        what = (f"{out['distinct_paths']} paths (--mix: layer/model/neuron JSON, models list, pages)" if args.mix
+                else f"GET {out['paths']} ({out['body_bytes']:,} bytes uncompressed)")
+        print(f"{what}, {out['requests']} requests, {args.concurrency} concurrent clients ({args.client}, gzip "
+              f"{'on' if out['gzip'] else 'off'}), {args.workers} worker(s), {out['cpus']} CPUs")
         print(f"  {out['req_per_s']:,.0f} req/s   p50 {out['p50_ms']:.1f} ms   p90 {out['p90_ms']:.1f} ms   "
-              f"p99 {out['p99_ms']:.1f} ms   failures {out['failures']}   server RSS {out['server_rss_mb']:.0f} MB")
-        print(f"  (1-min load average before the run: {load_before}; uvicorn with httptools+uvloop: "
+              f"p99 {out['p99_ms']:.1f} ms   failures {out['failures']}")
+        print(f"  server RSS: {out['rss_start_mb']:.0f} MB after warm-up, max {out['rss_max_mb']:.0f} MB during the run, "
+              f"{out['rss_end_mb']:.0f} MB at the end (growth {out['rss_growth_mb']:+.1f} MB; {out['rss_samples']} samples)")
+        print(f"  (1-min load average before the run: {out['load_before']}; uvicorn with httptools+uvloop: "
               f"{'yes' if out['uvloop_httptools'] else 'no (h11 + asyncio)'})")
-        if fails:
-            print("  first failures:", fails[:5])
-    return 1 if fails else 0
+        if out["failures"]:
+            print("  first failures:", out["first_failures"])
+    return 1 if out["failures"] else 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import threading
 import time
@@ -43,6 +45,10 @@ STALE_S = 6.0
 MAX_ATTEMPTS = 3
 KINDS = ("precompute", "upload", "train")
 STATES = ("queued", "running", "done", "failed")
+#: what :func:`job_id` makes: ``<kind>-<model or name>-<16 hex digits>``
+JOB_ID = re.compile(r"^(?:precompute|upload|train)-[a-z0-9][a-z0-9._-]{0,79}-[0-9a-f]{16}$")
+#: where the web server streams uploads, under ``settings.uploads`` (a name no model can have)
+INCOMING = ".incoming"
 
 
 class JobError(Exception):
@@ -61,6 +67,14 @@ def job_id(kind: str, args: dict) -> str:
     digest = hashlib.sha256(canonical_json({"kind": kind, "args": args})).hexdigest()[:16]
     label = args.get("model") or args.get("name") or args.get("experiment") or "job"
     return f"{kind}-{check_model_name(str(label))}-{digest}"
+
+
+def check_job_id(jid: str) -> str:
+    """``jid`` when it has the shape of an id :func:`job_id` makes; JobError otherwise."""
+    if not isinstance(jid, str) or not JOB_ID.fullmatch(jid) or ".." in jid:
+        raise JobError(f"invalid job id {jid!r}: ids look like upload-my-net-0123456789abcdef "
+                       f"(<kind>-<model>-<16 hex digits>), as returned when the job was submitted")
+    return jid
 
 
 def jobs_dir(settings: Settings) -> Path:
@@ -229,8 +243,12 @@ def run_job(jid: str, settings: Optional[Settings] = None) -> Optional[dict]:
     def report(fraction: float, message: str) -> None:
         progress.update(fraction=round(float(fraction), 4), message=message)
 
+    def note(**fields) -> None:  # durable facts about the job (e.g. "registered" for uploads)
+        job.update(fields)
+        _update(settings, jid, me, **fields)
+
     try:
-        result = _execute(job, settings, report)
+        result = _execute(job, settings, report, note)
         stop.set()
         beater.join()
         _update(settings, jid, me, state="done", progress=1.0, message="done", finished=time.time(), result=result)
@@ -242,6 +260,7 @@ def run_job(jid: str, settings: Optional[Settings] = None) -> Optional[dict]:
         if user or job["attempts"] >= MAX_ATTEMPTS:
             _update(settings, jid, me, state="failed", message="failed", error=error, finished=time.time(),
                     traceback=traceback.format_exc(limit=8))
+            _cleanup_failed(settings, job)
         else:
             _update(settings, jid, me, state="queued", message=f"retrying after: {error}", error=error)
             _enqueue(settings, jid)
@@ -262,7 +281,7 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, (ModelError, UnknownName, InvalidName, ValidationError, ValueError, FileNotFoundError))
 
 
-def _execute(job: dict, settings: Settings, report) -> dict:
+def _execute(job: dict, settings: Settings, report, note=lambda **f: None) -> dict:
     args = job["args"]
     if job["kind"] == "precompute":
         from .pipeline import precompute_model
@@ -275,15 +294,7 @@ def _execute(job: dict, settings: Settings, report) -> dict:
             raise RuntimeError(f"analyses failed: {errors}")
         return {"model": args["model"], "status": record["status"], "seconds": record["seconds"]}
     if job["kind"] == "upload":
-        from .pipeline import precompute_model
-        from .sources import add_user_model
-
-        report(0.02, f"checking {Path(args['path']).name} against {args['arch']}")
-        size = tuple(args["input_size"]) if args.get("input_size") else None
-        add_user_model(Path(args["path"]), args["arch"], args["name"], settings,
-                       dataset=args.get("dataset", "unknown"), input_size=size)
-        record = precompute_model(args["name"], settings, progress=lambda f, m: report(0.05 + 0.95 * f, m))
-        return {"model": args["name"], "status": record["status"]}
+        return _run_upload(job, settings, report, note)
     if job["kind"] == "train":
         from .experiments import train
 
@@ -292,6 +303,90 @@ def _execute(job: dict, settings: Settings, report) -> dict:
                      settings=settings, progress=report)
         return {"runs": runs if isinstance(runs, (list, dict)) else str(runs)}
     raise UserError(f"unknown job kind {job['kind']!r}")
+
+
+# ---- uploads --------------------------------------------------------------------------------------
+def upload_file(settings: Settings, args: dict) -> Path:
+    """The checkpoint of an upload job: ``path`` as given when absolute, else under ``settings.uploads``
+    (the web server sends ``.incoming/<token>/<file>``, so a worker that mounts the shared volume
+    elsewhere still finds it)."""
+    p = Path(args["path"])
+    return p if p.is_absolute() else settings.uploads / p
+
+
+def _discard_incoming(settings: Settings, path: Path) -> None:
+    """Delete a streamed upload (and its token folder) once it is registered or refused; only files
+    under ``<uploads>/.incoming`` are ever deleted."""
+    incoming = (settings.uploads / INCOMING).resolve()
+    try:
+        folder = path.resolve().parent
+    except OSError:
+        return
+    if folder.parent == incoming:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_upload(job: dict, settings: Settings, report, note) -> dict:
+    """Register the checkpoint (safe read, strict load into the architecture), then precompute it.
+
+    Every problem of the file (not a checkpoint, truncated, pickled code, wrong architecture) fails
+    the job with a message that names the uploaded file as the user called it; a failed upload leaves
+    no registration, no model record and no file behind (:func:`_cleanup_failed`)."""
+    from .names import InvalidName
+    from .pipeline import precompute_model
+    from .registry import UnknownName
+    from .sources import add_user_model
+    from .zoo import ModelError
+
+    args = job["args"]
+    path, name = upload_file(settings, args), args["name"]
+    shown = args.get("filename") or path.name
+
+    def clean(message: str) -> str:
+        return message.replace(str(path), shown).replace(str(path.parent) + "/", "")
+
+    if not job.get("registered"):  # a retry after a killed worker skips what is done
+        report(0.02, f"checking {shown} against {args['arch']}")
+        size = tuple(args["input_size"]) if args.get("input_size") else None
+        try:
+            add_user_model(path, args["arch"], name, settings, dataset=args.get("dataset") or "unknown",
+                           input_size=size)
+        except (ModelError, UnknownName, InvalidName, ValueError, OSError) as e:
+            raise UserError(clean(str(e))) from None
+        except Exception as e:  # noqa: BLE001 - reading a hostile file: deterministic, never worth a retry
+            raise UserError(clean(f"could not read {shown} as a {args['arch']} checkpoint: "
+                                  f"{type(e).__name__}: {e}")) from None
+        note(registered=True)
+    _discard_incoming(settings, path)  # add_user_model copied it to <uploads>/<name>/
+    report(0.05, f"precomputing {name}")
+    record = precompute_model(name, settings, device=args.get("device", settings.device),
+                              progress=lambda f, m: report(0.05 + 0.95 * f, m))
+    return {"model": name, "status": record["status"],
+            "errors": {k: v for k, v in record["errors"].items() if ":traceback" not in k}}
+
+
+def _cleanup_failed(settings: Settings, job: dict) -> None:
+    """After a job failed for good: an upload leaves nothing behind (its streamed file, and, when it
+    had registered the model, the registration, the copied checkpoint and any model record)."""
+    if job.get("kind") != "upload":
+        return
+    args = job.get("args", {})
+    try:
+        _discard_incoming(settings, upload_file(settings, args))
+        if job.get("registered") or _state_registered(settings, job["id"]):
+            from .sources import remove_user_model
+
+            try:
+                remove_user_model(args["name"], settings)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            Cache(settings.cache).discard(Cache(settings.cache).model_path(args["name"]))
+    except Exception:  # noqa: BLE001 - cleanup must never hide the job's own error
+        traceback.print_exc()
+
+
+def _state_registered(settings: Settings, jid: str) -> bool:
+    return bool((read_job(settings, jid) or {}).get("registered"))
 
 
 def reap(settings: Settings) -> list[str]:
@@ -310,6 +405,7 @@ def reap(settings: Settings) -> list[str]:
                 cur.update(state="failed", error=f"worker {cur.get('worker')} died {cur['attempts']} times",
                            finished=time.time())
                 _write(settings, cur)
+                _cleanup_failed(settings, cur)
                 continue
             cur.update(state="queued", message=f"requeued: worker {cur.get('worker')} stopped", worker=None)
             _write(settings, cur)

@@ -14,12 +14,18 @@ _LAYER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 _ANALYSIS = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 
+#: the same rules as JSON-schema patterns (ECMA regex), for the API's OpenAPI schema
+MODEL_PATTERN = r"^(?!.*\.\.)" + _MODEL.pattern[1:]
+LAYER_PATTERN = r"^(?!.*\.\.)" + _LAYER.pattern[1:]
+ANALYSIS_PATTERN = _ANALYSIS.pattern
+
+
 class InvalidName(ValueError):
     pass
 
 
 def _check(kind: str, value: str, pattern: re.Pattern, rule: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value) or ".." in value:
+    if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:  # fullmatch: no "x\n"
         raise InvalidName(f"invalid {kind} name {value!r}: {rule}")
     return value
 

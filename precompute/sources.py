@@ -30,6 +30,7 @@ import pickle
 import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -191,7 +192,9 @@ def read_checkpoint(path: Path) -> Any:
             f"containers, which could run code ({detail or 'unsupported object'}). convscope only "
             f"loads weights-only checkpoints: save just the state dict "
             f"(torch.save(model.state_dict(), path)) or use safetensors") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
+            # a damaged or hostile pickle stream can fail inside the unpickler in any of these ways
+            IndexError, KeyError, TypeError, AttributeError, OverflowError, struct.error) as e:
         raise ModelError(truncated.format(err=str(e).strip().splitlines()[0] if str(e).strip()
                                           else type(e).__name__)) from None
 

@@ -1,4 +1,5 @@
-"""The JSON API: thin routes that speak HTTP over :mod:`server.data` and :mod:`server.jobs`.
+"""The JSON API: thin routes that speak HTTP over :mod:`server.data`, :mod:`server.jobs` and the job
+queue (:mod:`precompute.jobs`). Response shapes are declared for the OpenAPI schema (:mod:`server.schemas`).
 
 Cached results are sent as stored bytes with their ETag (``If-None-Match`` -> 304) and, when the
 client accepts it, a gzip kept in memory beside them.
@@ -6,34 +7,30 @@ client accepts it, a gzip kept in memory beside them.
 
 from __future__ import annotations
 
-import os
+import json
 import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from precompute.names import InvalidName, check_model_name
+from precompute.names import (ANALYSIS_PATTERN, LAYER_PATTERN, MODEL_PATTERN, InvalidName, check_analysis_name,
+                              check_model_name)
 
-from .data import Blob, BadRequest, Conflict, ExplorerError, Explorer
-from .jobs import EXTENSIONS, JobStore
+from . import jobs as uploads
+from . import schemas
+from .data import (K_MAX, K_MIN, NEURON_PATTERN, Blob, BadRequest, CacheProblem, Conflict, ExplorerError, Explorer,
+                   NotFound, Recomputing)
+from .jobs import EXTENSIONS, TooLarge  # noqa: F401  (TooLarge: re-exported)
 
 router = APIRouter(prefix="/api")
 
 JSON = "application/json"
 
 
-class TooLarge(ExplorerError):
-    status = 413
-
-
 def explorer(request: Request) -> Explorer:
     return request.app.state.explorer
-
-
-def jobs(request: Request) -> JobStore:
-    return request.app.state.jobs
 
 
 def _etag_matches(header: Optional[str], etag: str) -> bool:
@@ -89,6 +86,13 @@ class FastPath:
                 continue
             try:
                 blob = getattr(self.explorer_of(), method)(*m.groups())
+            except Recomputing as e:  # answered here: the entry it names was discarded by this very call
+                body = json.dumps(e.body()).encode()
+                headers = [(k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()]
+                await sendmsg({"type": "http.response.start", "status": e.status, "headers": headers + [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await sendmsg({"type": "http.response.body", "body": body})
+                return True
             except ExplorerError:
                 return False  # the routes answer errors, in one place and one shape
             inm = gz = None
@@ -116,211 +120,235 @@ class FastPath:
 
 MODEL_DOC = "model name, as listed by GET /api/models"
 LAYER_DOC = "layer (module path, e.g. layer1.0.conv1), as in the model's inventory"
+# The parameters are validated by the handlers (the messages name what exists); the OpenAPI schema
+# declares the same rules as patterns, so a client (and the fuzz tests) know what is well-formed:
+# a well-formed but unknown name gets 404, a malformed one 422.
+MODEL_P = dict(description=MODEL_DOC, json_schema_extra={"pattern": MODEL_PATTERN, "maxLength": 80})
+LAYER_P = dict(description=LAYER_DOC, json_schema_extra={"pattern": LAYER_PATTERN, "maxLength": 200})
+NEURON_P = dict(description="neuron index, 0..N-1 (N: the layer's output channels)",
+                json_schema_extra={"pattern": NEURON_PATTERN})
+ANALYSIS_P = dict(description="symmetry, nmf, kernels, svd, histogram, batchnorm or fc-spatial (the model's "
+                              "`analyses` say which layers have one)",
+                  json_schema_extra={"pattern": ANALYSIS_PATTERN, "maxLength": 40})
+PAIR_RE = f"{MODEL_PATTERN[11:-1]}:{LAYER_PATTERN[11:-1]}"
+PAIRS_PATTERN = rf"^(?!.*\.\.){PAIR_RE}(,{PAIR_RE}){{0,15}}$"
 
-ERRORS = {404: {"description": "Unknown name or out-of-range neuron; the body names what exists"},
-          422: {"description": "Malformed name or parameter; the body says what is accepted"}}
+ERRORS = {404: {"model": schemas.ErrorBody, "description": "Unknown name or out-of-range neuron; the body names what exists"},
+          422: {"model": schemas.ErrorBody, "description": "Malformed name or parameter; the body says what is accepted"}}
+#: cached results: a corrupt (discarded) or missing entry answers 503 while a job recomputes it
+CACHED = {**ERRORS, 503: {"model": schemas.ErrorBody, "description": "A cached entry did not verify (or is "
+                          "missing): it is being recomputed; the body names the job. Retry later"}}
+
+
+def ok(model) -> dict:
+    return {200: {"model": model, "description": "OK (with an ETag; If-None-Match answers 304)"}}
 
 
 # ---- models, layers, neurons --------------------------------------------------------------------
-@router.get("/models", tags=["models"], summary="List the precomputed models with their metadata")
+@router.get("/models", tags=["models"], responses={**ok(schemas.ModelList), 503: CACHED[503]},
+            summary="List the precomputed models with their metadata")
 async def list_models(request: Request):
     return send(request, explorer(request).models_blob())
 
 
-@router.get("/models/{model}", tags=["models"], responses=ERRORS,
+@router.get("/models/{model}", tags=["models"], responses={**ok(schemas.ModelDetail), **CACHED},
             summary="A model: metadata, inventory, per-layer scalar metrics and depth profiles")
-async def get_model(request: Request, model: str = PathParam(..., description=MODEL_DOC)):
+async def get_model(request: Request, model: str = PathParam(..., **MODEL_P)):
     return send(request, explorer(request).model_blob(model))
 
 
-@router.get("/models/{model}/layers/{layer}", tags=["layers"], responses=ERRORS,
+@router.get("/models/{model}/layers/{layer}", tags=["layers"], responses={**ok(schemas.LayerContext), **CACHED},
             summary="A layer: its inventory row, the analyses with a result, the BN that follows it, neighbours")
-async def get_layer(request: Request, model: str = PathParam(..., description=MODEL_DOC),
-                    layer: str = PathParam(..., description=LAYER_DOC)):
+async def get_layer(request: Request, model: str = PathParam(..., **MODEL_P),
+                    layer: str = PathParam(..., **LAYER_P)):
     return send(request, explorer(request).layer_context_blob(model, layer))
 
 
-@router.get("/models/{model}/layers/{layer}/neurons/{neuron}", tags=["layers"], responses=ERRORS,
+@router.get("/models/{model}/layers/{layer}/neurons/{neuron}", tags=["layers"],
+            responses={**ok(schemas.Neuron), **CACHED},
             summary="One neuron: NMF image, error, sorted position and neighbours, raw kernels, gamma/beta, SVD coordinates")
-async def get_neuron(request: Request, model: str = PathParam(..., description=MODEL_DOC),
-                     layer: str = PathParam(..., description=LAYER_DOC),
-                     neuron: str = PathParam(..., description="neuron index, 0..N-1 (N: the layer's output channels)")):
+async def get_neuron(request: Request, model: str = PathParam(..., **MODEL_P),
+                     layer: str = PathParam(..., **LAYER_P),
+                     neuron: str = PathParam(..., **NEURON_P)):
     return send(request, explorer(request).neuron_blob(model, layer, neuron))
 
 
-@router.get("/models/{model}/layers/{layer}/{analysis}", tags=["layers"], responses=ERRORS,
+@router.get("/models/{model}/layers/{layer}/{analysis}", tags=["layers"],
+            responses={**ok(schemas.CachedResult), **CACHED},
             summary="A cached per-layer result ({meta, data}; data as in docs/FORMATS.md)")
-async def get_result(request: Request, model: str = PathParam(..., description=MODEL_DOC),
-                     layer: str = PathParam(..., description=LAYER_DOC),
-                     analysis: str = PathParam(..., description="symmetry, nmf, kernels, svd, histogram, batchnorm or "
-                                                                 "fc-spatial (the model's `analyses` say which layers have one)")):
+async def get_result(request: Request, model: str = PathParam(..., **MODEL_P),
+                     layer: str = PathParam(..., **LAYER_P),
+                     analysis: str = PathParam(..., **ANALYSIS_P)):
     return send(request, explorer(request).result_blob(model, layer, analysis))
 
 
-@router.get("/clusters", tags=["compare"], responses=ERRORS,
+@router.get("/clusters", tags=["compare"], responses={**ok(schemas.Clusters), **CACHED},
             summary="k-means clusters of NMF reduced forms over several (model, layer) pairs; share per cluster")
 def get_clusters(request: Request,
-                 pairs: str = Query("", description="comma-separated model:layer pairs"),
-                 k: str = Query("8", description="number of clusters, 2..19")):
+                 pairs: str = Query("", description="comma-separated model:layer pairs (1..16, each a layer with "
+                                                    "an NMF result, all of one kernel size)",
+                                    json_schema_extra={"pattern": PAIRS_PATTERN}),
+                 k: str = Query("8", description=f"number of clusters, {K_MIN}..{K_MAX}",
+                                json_schema_extra={"pattern": "^(?:[4-9]|1[0-9])$"})):
     return send(request, explorer(request).clusters_blob(pairs, k))
 
 
+# ---- experiments (server/experiments.py) ----------------------------------------------------------
+@router.get("/experiments", tags=["experiments"],
+            summary="Experiments with precomputed variants (and the declared ones not trained yet)")
+def list_experiments(request: Request):
+    from .experiments import list_experiments as listing
+
+    return send(request, Blob.of(listing(explorer(request))))
+
+
+@router.get("/experiments/{experiment}", tags=["experiments"], responses=ERRORS,
+            summary="An experiment: its variants with test accuracy and headline numbers, shared NMF layers")
+def get_experiment(request: Request, experiment: str = PathParam(..., description="experiment name, as listed "
+                                                                                    "by GET /api/experiments")):
+    from .experiments import experiment_detail
+
+    return send(request, Blob.of(experiment_detail(explorer(request), experiment)))
+
+
 # ---- uploads and jobs ---------------------------------------------------------------------------
-@router.get("/architectures", tags=["uploads"], summary="Architectures a checkpoint can be loaded into")
-def get_architectures(request: Request):
-    return JSONResponse(jobs(request).architectures())
+JOB_DOC = "a job id as returned when the job was submitted (<kind>-<model>-<16 hex digits>)"
+JOB_ID_PATTERN = "^(?:precompute|upload|train)-" + MODEL_PATTERN[1:-1] + "-[0-9a-f]{16}$"
+NO_STORE = {"Cache-Control": "no-store"}
 
 
-@router.get("/jobs", tags=["uploads"], summary="Recent upload jobs")
-def list_jobs(request: Request):
-    return JSONResponse({"jobs": [_public(j) for j in jobs(request).list(50)]})
+@router.get("/architectures", tags=["uploads"], responses=ok(schemas.Architectures),
+            summary="Architectures a checkpoint can be uploaded for (with their native input size)")
+def get_architectures():
+    return JSONResponse(uploads.architectures())
 
 
-@router.get("/jobs/{job_id}", tags=["uploads"], responses=ERRORS,
-            summary="An upload job: queued / running (progress) / done / failed (error)")
-def get_job(request: Request, job_id: str = PathParam(..., description="the id returned by POST /api/uploads")):
-    return JSONResponse(_public(jobs(request).get(job_id)), headers={"Cache-Control": "no-store"})
+@router.get("/jobs", tags=["jobs"], responses={**ok(schemas.JobList), 422: ERRORS[422]},
+            summary="Recent jobs (precompute, upload, train), newest first, with state and progress")
+def list_jobs(request: Request,
+              kind: Optional[Literal["precompute", "upload", "train"]] = Query(None, description="only jobs of this kind"),
+              limit: int = Query(50, ge=1, le=500, description="at most this many")):
+    jobs = uploads.recent_jobs(request.app.state.settings, limit, kind)
+    return JSONResponse({"jobs": [uploads.public_job(j) for j in jobs]}, headers=NO_STORE)
 
 
-def _public(job: dict) -> dict:
-    out = {k: v for k, v in job.items() if k != "upload"}
-    if job.get("state") == "done":
-        out["model_url"] = f"/models/{job['model']}"
-    return out
+@router.get("/jobs/{job_id}", tags=["jobs"], responses={**ok(schemas.Job), **ERRORS},
+            summary="A job: queued / running (progress, message) / done / failed (error)")
+def get_job(request: Request, job_id: str = PathParam(..., description=JOB_DOC,
+                                                      json_schema_extra={"pattern": JOB_ID_PATTERN})):
+    return JSONResponse(uploads.public_job(uploads.get_job(request.app.state.settings, job_id)), headers=NO_STORE)
+
+
+def _accepted(job: dict) -> JSONResponse:
+    return JSONResponse({"id": job["id"], "job": uploads.public_job(job), "url": f"/api/jobs/{job['id']}",
+                         "page": f"/jobs/{job['id']}"}, status_code=202, headers=NO_STORE)
+
+
+def _submit(kind: str, args: dict, settings, again: bool = False) -> dict:
+    from precompute.jobs import submit
+
+    try:
+        return submit(kind, args, settings, again=again)
+    except Exception as e:  # the queue is down (Redis unreachable, a full disk): the server's problem
+        raise CacheProblem(f"could not queue the {kind} job: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+@router.post("/models/{model}/precompute", tags=["jobs"], status_code=202,
+             responses={202: {"model": schemas.JobAccepted, "description": "Queued (or already queued / running)"},
+                        **CACHED},
+             summary="Queue a precompute job for a model: computes what is missing (force: everything again)")
+def post_precompute(request: Request, model: str = PathParam(..., **MODEL_P),
+                    analyses: str = Query("", description="comma-separated analyses (default: all)",
+                                          json_schema_extra={"pattern": f"^$|^{ANALYSIS_PATTERN[1:-1]}"
+                                                                        f"(,{ANALYSIS_PATTERN[1:-1]})*$"}),
+                    force: bool = Query(False, description="recompute cached results too")):
+    ex = explorer(request)
+    try:
+        check_model_name(model)
+    except InvalidName as e:
+        raise BadRequest(f"{e}", known=ex.model_names()) from None
+    if model not in ex.model_names():
+        raise NotFound(f"unknown model {model!r}; a precompute job can be asked for a model in the cache "
+                       f"(`convscope submit NAME` queues any zoo model)", known=ex.model_names())
+    args: dict = {"model": model, "force": bool(force)}
+    if analyses:
+        known = sorted({a for m in ex.model_names() for a in _record_analyses(ex, m)})
+        chosen = []
+        for a in analyses.split(","):
+            try:
+                check_analysis_name(a)
+            except InvalidName as e:
+                raise BadRequest(str(e), known=known) from None
+            if a not in known:
+                raise NotFound(f"unknown analysis {a!r}; known: {', '.join(known)}", known=known)
+            if a not in chosen:
+                chosen.append(a)
+        args["analyses"] = chosen
+    return _accepted(_submit("precompute", args, request.app.state.settings, again=True))
+
+
+def _record_analyses(ex: Explorer, model: str) -> list[str]:
+    try:
+        return list(ex.record(model)["analyses"])
+    except ExplorerError:
+        return []
 
 
 @router.post("/uploads", tags=["uploads"], status_code=202,
-             responses={413: {"description": "Larger than max_upload_bytes"}, 409: {"description": "Name taken"}, **ERRORS},
-             summary="Upload a checkpoint (multipart: file, arch, name[, dataset]); returns a job id",
+             responses={202: {"model": schemas.JobAccepted, "description": "Stored and queued; poll the job"},
+                        413: {"model": schemas.ErrorBody, "description": "Larger than max_upload_bytes (checked while streaming)"},
+                        409: {"model": schemas.ErrorBody, "description": "Name taken"},
+                        503: {"model": schemas.ErrorBody, "description": "The job queue is unavailable"}, **ERRORS},
+             summary="Upload a checkpoint (multipart: file, arch, name[, dataset]); returns an upload job",
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "required": ["file", "arch", "name"], "properties": {
                      "file": {"type": "string", "format": "binary",
-                              "description": "checkpoint: " + ", ".join(EXTENSIONS)},
-                     "arch": {"type": "string"}, "name": {"type": "string"},
-                     "dataset": {"type": "string"}}}}}}})
+                              "description": "checkpoint: " + ", ".join(EXTENSIONS) + " (safetensors, or a "
+                                             "torch state dict loaded with weights_only=True)"},
+                     "arch": {"type": "string", "enum": uploads.architectures()["architectures"]},
+                     "name": {"type": "string", "pattern": MODEL_PATTERN, "maxLength": 80},
+                     "dataset": {"type": "string", "pattern": uploads.DATASET.pattern}}}}}}})
 async def post_upload(request: Request):
-    store, ex = jobs(request), explorer(request)
-    limit = int(request.app.state.settings.max_upload_bytes)
+    settings, ex = request.app.state.settings, explorer(request)
+    limit = int(settings.max_upload_bytes)
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit + 64 * 1024:
+    if length.isdigit() and int(length) > limit + uploads.SLACK:
         raise TooLarge(f"upload of {int(length)} bytes is larger than the limit of {limit} bytes "
                        f"(CONVSCOPE_MAX_UPLOAD_BYTES)", limit=limit)
-    job_id = store.new_id()
-    form = await receive_multipart(request, limit, store.incoming, job_id)
+    token = uploads.new_token()
+    form = await uploads.receive_multipart(request, limit, uploads.incoming_dir(settings), token)
+    final: Optional[Path] = None
     try:
         fields, upload = form["fields"], form["file"]
         if upload is None:
             raise BadRequest("no file part: send multipart/form-data with fields file, arch and name")
-        filename = store.check_filename(upload["filename"])
+        filename = uploads.check_filename(upload["filename"])
         if upload["size"] == 0:
             raise BadRequest(f"the uploaded file {filename!r} is empty")
-        name = fields.get("name", "").strip()
+        name = fields.get("name", "")
         try:
             check_model_name(name)
         except InvalidName as e:
             raise BadRequest(str(e)) from None
         if name in ex.model_names():
             raise Conflict(f"a model named {name!r} exists already; choose another name", known=ex.model_names())
-        arch = store.check_arch(fields.get("arch", "").strip())
-        dataset = fields.get("dataset", "").strip() or "unknown"
-        if not all(c.isalnum() or c in "-_." for c in dataset) or len(dataset) > 40:
-            raise BadRequest(f"invalid dataset {dataset!r}: letters, digits, '-', '_' or '.'")
-        final = store.upload_path(job_id, filename)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(upload["path"], final)
+        busy = [j["id"] for j in uploads.recent_jobs(settings, 200, "upload")
+                if j.get("state") in ("queued", "running") and (j.get("args") or {}).get("name") == name]
+        if busy:
+            raise Conflict(f"an upload named {name!r} is in progress (job {busy[0]}); choose another name",
+                           job=busy[0])
+        arch = uploads.check_arch(fields.get("arch", ""))
+        dataset = uploads.check_dataset(fields.get("dataset", ""))
+        final = uploads.place_upload(settings, token, upload)
+        args = {"path": str(final.relative_to(settings.uploads)), "arch": arch, "name": name, "dataset": dataset,
+                "filename": filename, "size": upload["size"]}
+        job = _submit("upload", args, settings)
     except BaseException:
         if form["file"] is not None:
             Path(form["file"]["path"]).unlink(missing_ok=True)
+        if final is not None:
+            import shutil
+
+            shutil.rmtree(final.parent, ignore_errors=True)
         raise
-    job = store.create(job_id, model=name, arch=arch, filename=Path(filename).name, size=upload["size"],
-                       dataset=dataset, upload=final)
-    return JSONResponse({"id": job_id, "job": _public(job), "url": f"/api/jobs/{job_id}",
-                         "page": f"/jobs/{job_id}"}, status_code=202)
-
-
-async def receive_multipart(request: Request, limit: int, folder: Path, job_id: str) -> dict:
-    """Stream a multipart/form-data body: the file part goes straight to ``folder/.partial-<job>``,
-    other fields (at most 4 KB each) are kept; more than ``limit`` bytes raises 413 while streaming."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
-    ctype, opts = parse_options_header(request.headers.get("content-type", ""))
-    boundary = opts.get(b"boundary")
-    if ctype != b"multipart/form-data" or not boundary:
-        raise BadRequest("send multipart/form-data with fields file (the checkpoint), arch and name; "
-                         f"got content-type {request.headers.get('content-type', '')!r}")
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {"headers": {}, "field": b"", "hname": b"", "hval": b"", "name": None, "file": None, "fh": None}
-    fields: dict[str, str] = {}
-    result = {"fields": fields, "file": None}
-
-    def on_part_begin():
-        state.update(headers={}, field=b"", name=None)
-
-    def on_header_field(data, start, end):
-        state["hname"] += data[start:end]
-
-    def on_header_value(data, start, end):
-        state["hval"] += data[start:end]
-
-    def on_header_end():
-        state["headers"][state["hname"].lower()] = state["hval"]
-        state["hname"], state["hval"] = b"", b""
-
-    def on_headers_finished():
-        _, disp = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        state["name"] = disp.get(b"name", b"").decode(errors="replace")
-        filename = disp.get(b"filename")
-        if filename is not None and state["name"] == "file":
-            if result["file"] is not None:
-                raise BadRequest("send one file per upload")
-            path = folder / f".partial-{job_id}"
-            state["fh"] = open(path, "wb")
-            result["file"] = {"filename": Path(filename.decode(errors="replace").replace("\\", "/")).name,
-                              "path": str(path), "size": 0}
-
-    def on_part_data(data, start, end):
-        if state["fh"] is not None:
-            state["fh"].write(data[start:end])
-            result["file"]["size"] += end - start
-        else:
-            state["field"] += data[start:end]
-            if len(state["field"]) > 4096:
-                raise BadRequest(f"form field {state['name']!r} is longer than 4 KB")
-
-    def on_part_end():
-        if state["fh"] is not None:
-            state["fh"].close()
-            state["fh"] = None
-        elif state["name"]:
-            fields[state["name"]] = state["field"].decode(errors="replace")
-
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-        "on_part_end": on_part_end})
-    total = 0
-    try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit + 64 * 1024:
-                raise TooLarge(f"upload is larger than the limit of {limit} bytes (CONVSCOPE_MAX_UPLOAD_BYTES); "
-                               f"stopped after {total} bytes", limit=limit)
-            if chunk:
-                parser.write(chunk)
-        parser.finalize()
-        if result["file"] is not None and result["file"]["size"] > limit:
-            raise TooLarge(f"the checkpoint has {result['file']['size']} bytes, more than the limit of {limit} bytes",
-                           limit=limit)
-    except BaseException as e:
-        if state["fh"] is not None:
-            state["fh"].close()
-        if result["file"] is not None:
-            Path(result["file"]["path"]).unlink(missing_ok=True)
-        if isinstance(e, ExplorerError):
-            raise
-        if isinstance(e, Exception) and type(e).__module__.startswith("python_multipart"):
-            raise BadRequest(f"malformed multipart body: {e}") from None
-        raise
-    if state["fh"] is not None:
-        state["fh"].close()
-    return result
+    return _accepted(job)

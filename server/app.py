@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import threading
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +22,6 @@ from precompute.settings import Settings, get_settings
 
 from . import api, pages
 from .data import Blob, ExplorerError, Explorer
-from .jobs import JobStore
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "frontend" / "static"
@@ -33,6 +31,11 @@ DESCRIPTION = """A microscope for the **weights** of convolutional networks, ove
 Errors are JSON: `{"detail": message, "known": [...]}` (404 for an unknown name, 422 for a malformed
 one or a bad parameter; the message names the bad value and what exists). Cached results carry an
 `ETag` (the payload's sha256): send `If-None-Match` to get `304`. Bodies are gzipped when asked for.
+A cached entry that does not verify is never served: it is discarded, a precompute job restores it,
+and the request answers `503` with the job's id (`Retry-After`).
+
+Jobs (uploads, precompute) go through the job queue and are run by `convscope worker` processes
+(`convscope serve` starts one); `GET /api/jobs/{job_id}` reports their state and progress.
 """
 
 
@@ -79,26 +82,23 @@ def _wants_json(request: Request) -> bool:
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or get_settings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.jobs.warm()  # list the architectures in the background (a subprocess: torch stays out)
-        yield
-
-    app = ConvscopeApp(title="convscope", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+    app = ConvscopeApp(title="convscope", version="0.1.0", description=DESCRIPTION,
                   docs_url=None, redoc_url=None,  # their default pages load from a CDN; /api/docs is local
-                  openapi_tags=[{"name": "models"}, {"name": "layers"}, {"name": "compare"}, {"name": "uploads"}])
+                  redirect_slashes=False,  # "/x/..%2f/" is a 404, not a redirect to another path
+                  openapi_tags=[{"name": "models"}, {"name": "layers"}, {"name": "compare"}, {"name": "uploads"},
+                                {"name": "jobs"}])
     app.state.settings = settings
     app.state.explorer = Explorer(settings)
-    app.state.jobs = JobStore(settings)
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)
     app.fast = api.FastPath(lambda: app.state.explorer)
 
     @app.exception_handler(ExplorerError)
     async def explorer_error(request: Request, exc: ExplorerError):
         if _wants_json(request):
-            return JSONResponse(exc.body(), status_code=exc.status)
-        return pages.error_page(request, exc.status, exc.message, exc.extra.get("known"))
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        page = pages.error_page(request, exc.status, exc.message, exc.extra.get("known"))
+        page.headers.update(exc.headers or {})
+        return page
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

@@ -8,6 +8,10 @@ record before any file is touched, so nothing a client sends reaches a path unch
 Cached results are served as the entry's payload bytes (never re-encoded), wrapped in
 ``{"meta": ..., "data": ...}``, kept in a small in-memory LRU keyed by (path, mtime, size) together
 with a gzip of the body, and tagged with the payload sha256 from the entry header (the ETag).
+
+A cache entry that does not verify (:class:`~precompute.cache.CorruptEntry`: flipped bytes, a torn
+file) is never served: it is discarded, a ``precompute`` job is queued for its model (the pipeline
+recomputes only what is missing) and the request answers 503 naming the job (:class:`Recomputing`).
 """
 
 from __future__ import annotations
@@ -16,18 +20,23 @@ import difflib
 import gzip
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from itertools import permutations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from precompute import clustering
 from precompute.cache import Cache, CorruptEntry, ResultKey, canonical_json, decode_entry
 from precompute.names import InvalidName, check_analysis_name, check_layer_name, check_model_name
 from precompute.settings import Settings
+
+log = logging.getLogger("convscope.server")
 
 #: bodies at least this long are kept gzipped next to the plain bytes
 GZIP_MIN = 1000
@@ -37,6 +46,11 @@ API_VERSION = "1"
 NEURON_TYPES = ("conv", "linear", "batchnorm")
 #: cluster-count bounds for /api/clusters (the article's figure 12 uses 4..19)
 K_MIN, K_MAX = 4, 19
+#: a neuron index as a client sends it (the OpenAPI pattern of the neuron parameter)
+NEURON_PATTERN = r"^-?[0-9]{1,11}$"
+NEURON = re.compile(NEURON_PATTERN)
+#: a model whose recompute job finished less than this many seconds ago is not queued again by a request
+RECOMPUTE_EVERY = 30.0
 
 
 # ---- errors ---------------------------------------------------------------------------------------
@@ -44,6 +58,8 @@ class ExplorerError(Exception):
     """A client error. ``status`` is the HTTP status; ``extra`` goes into the JSON body."""
 
     status = 422
+    #: extra HTTP headers of the response (e.g. Retry-After)
+    headers: Optional[dict] = None
 
     def __init__(self, message: str, **extra: Any):
         super().__init__(message)
@@ -70,6 +86,12 @@ class CacheProblem(ExplorerError):
     """The cache holds something that does not verify: the server's problem, not the client's."""
 
     status = 503
+
+
+class Recomputing(CacheProblem):
+    """A cache entry was corrupt (discarded) or missing: a precompute job is restoring it."""
+
+    headers = {"Retry-After": "5", "Cache-Control": "no-store"}
 
 
 def unknown(kind: str, name: str, known, where: str = "") -> str:
@@ -173,6 +195,7 @@ class Explorer:
         self._records: dict[str, tuple[tuple, dict]] = {}
         self._paths: dict[tuple, tuple[dict, str]] = {}
         self._model_files: dict[str, str] = {}
+        self._recovering: dict[str, tuple[float, str]] = {}  # model -> (time queued, job id)
         self._lock = threading.Lock()
 
     # ---- names and records ----------------------------------------------------------------------
@@ -200,6 +223,7 @@ class Explorer:
                 self._model_files[model] = path
         stamp = _stamp(path)
         if stamp is None:
+            self._still_recovering(model)
             known = self.model_names()
             raise NotFound(unknown("model", model, known) + f" (if {model} is in the zoo, precompute it with "
                            f"`convscope precompute {model}`)", known=known)
@@ -210,8 +234,7 @@ class Explorer:
         try:
             entry = self.cache.read(Path(path))
         except CorruptEntry as e:
-            raise CacheProblem(f"the cached record of {model} does not verify ({e}); "
-                               f"re-run `convscope precompute {model}`") from None
+            self.recover(model, Path(path), f"the cached record of {model} does not verify ({e})")
         if entry is None:
             raise NotFound(unknown("model", model, self.model_names()), known=self.model_names())
         rec = entry.data
@@ -236,6 +259,52 @@ class Explorer:
         if row is None:
             raise NotFound(unknown("layer", layer, layers, model), known=layers)
         return rec, row
+
+    # ---- corrupt or missing entries ---------------------------------------------------------------
+    def recover(self, model: str, corrupt: Optional[Path], why: str) -> None:
+        """Discard a corrupt entry (``corrupt``), queue a ``precompute`` job for ``model`` that recomputes
+        what is missing, log it, and raise :class:`Recomputing` (503) naming the job."""
+        if corrupt is not None:
+            self.cache.discard(corrupt)
+        job = self._queue_recompute(model, fresh_damage=corrupt is not None)
+        log.warning("%s; %s; recompute job %s is %s", why, "discarded it" if corrupt is not None else "missing",
+                    job["id"], job["state"])
+        what = "it was discarded, never served, and " if corrupt is not None else ""
+        raise Recomputing(f"{why}; {what}{model} is being recomputed (job {job['id']}, {job['state']}); "
+                          f"retry in a few seconds", job=job["id"], job_url=f"/api/jobs/{job['id']}")
+
+    def _queue_recompute(self, model: str, fresh_damage: bool) -> dict:
+        """The recompute job of ``model``: the queued or running one, else a new one. A request that only
+        finds an entry still missing does not queue another job within RECOMPUTE_EVERY seconds of the last
+        (no loop of jobs when a result cannot be restored); a newly discarded entry always does."""
+        from precompute.jobs import job_id, read_job, submit
+
+        args = {"model": model, "force": False}  # as `convscope submit`, so the ids collapse
+        jid = job_id("precompute", args)
+        with self._lock:
+            job = read_job(self.settings, jid)
+            if job and job["state"] in ("queued", "running"):
+                return job
+            last = self._recovering.get(model)
+            if not fresh_damage and job and last and time.time() - last[0] < RECOMPUTE_EVERY:
+                return job  # just recomputed: do not let requests queue it in a loop
+            job = submit("precompute", args, self.settings, again=True)
+            self._recovering[model] = (time.time(), job["id"])
+            if len(self._recovering) > 10000:
+                self._recovering.clear()
+            return job
+
+    def _still_recovering(self, model: str) -> None:
+        """A model whose record was discarded as corrupt answers 503 (not 404) while its job runs."""
+        hit = self._recovering.get(model)
+        if hit is None:
+            return
+        from precompute.jobs import read_job
+
+        job = read_job(self.settings, hit[1])
+        if job and job["state"] in ("queued", "running"):
+            raise Recomputing(f"the record of {model} is being recomputed (job {job['id']}, {job['state']}); "
+                              f"retry in a few seconds", job=job["id"], job_url=f"/api/jobs/{job['id']}")
 
     # ---- models ---------------------------------------------------------------------------------
     def list_models(self) -> list[dict]:
@@ -342,18 +411,18 @@ class Explorer:
         _, path = self._result_path(model, layer, analysis)
         stamp = _stamp(path)
         if stamp is None:
-            raise NotFound(f"the {analysis} result of {model} / {layer} is listed in the model record but not in "
-                           f"the cache; re-run `convscope precompute {model}`")
+            self.recover(model, None, f"the {analysis} result of {model} / {layer} is listed in the model record "
+                                      f"but not in the cache")
         blob = self._blobs.get(stamp)
         if blob is None:
             try:
                 raw = Path(path).read_bytes()
                 entry = decode_entry(raw, Path(path))
             except CorruptEntry as e:
-                raise CacheProblem(f"the cached {analysis} result of {model} / {layer} does not verify ({e}); "
-                                   f"re-run `convscope precompute {model} --force`") from None
+                self.recover(model, Path(path), f"the cached {analysis} result of {model} / {layer} does not "
+                                                f"verify ({e.__class__.__name__}: checksum or format)")
             except FileNotFoundError:
-                raise NotFound(f"the {analysis} result of {model} / {layer} vanished; re-run precompute") from None
+                self.recover(model, None, f"the {analysis} result of {model} / {layer} vanished")
             head = raw.partition(b"\n")[0]
             digest = json.loads(head)["sha256"]
             body = b'{"meta":' + canonical_json(entry.meta) + b',"data":' + entry.payload + b"}"
@@ -444,10 +513,10 @@ class Explorer:
         if not n:
             raise NotFound(f"layer {layer!r} of {model} has no neurons to show", known=[])
         if not isinstance(i, int):
-            text = str(i).strip()
-            if not (text.isascii() and text.lstrip("-").isdigit() and len(text) < 12):
+            text = str(i)
+            if not NEURON.fullmatch(text):
                 raise BadRequest(f"neuron must be an integer index in 0..{n - 1} for layer {layer!r} of {model}; "
-                                 f"got {i!r}", range=[0, n - 1])
+                                 f"got {text[:40]!r}", range=[0, n - 1])
             i = int(text)
         if i < 0 or i >= n:
             raise NotFound(f"neuron {i} is out of range for layer {layer!r} of {model}: it has {n} neurons "
@@ -488,23 +557,56 @@ class Explorer:
             raise BadRequest(f"at most 16 pairs; got {len(out)}")
         return out
 
+    def cluster_params(self, parsed: list[tuple[str, str]], k: int, seed: int = 0) -> dict:
+        """What a clusters result depends on (its group cache key): the pairs, k, the seed, and each
+        pair's NMF result identity (weights, version, parameters)."""
+        nmf = []
+        for m, _ in parsed:
+            rec = self.record(m)
+            info = rec["analyses"]["nmf"]
+            nmf.append({"weights_sha256": rec["weights_sha256"], "version": int(info.get("version", 1)),
+                        "params": info.get("params", {})})
+        return {"pairs": [[m, l] for m, l in parsed], "k": int(k), "seed": int(seed), "nmf": nmf}
+
     def clusters(self, pairs: str, k: Any = 8) -> dict:
         """k-means over the normalised NMF reduced forms of several (model, layer) pairs; per pair, the
-        share of its neurons in each cluster (the weight-banding article's figure 12)."""
-        parsed = self.parse_pairs(pairs)
-        k = parse_int(k, "k", K_MIN, K_MAX)
-        datas = [self.result_data(m, l, "nmf") for m, l in parsed]
-        return compute_clusters(parsed, [d["images"] for d in datas], k)
+        share of its neurons in each cluster (the weight-banding article's figure 12). The same function
+        as the ``clusters`` analysis (:func:`precompute.clustering.compute_clusters`)."""
+        return self.clusters_blob(pairs, k).data
 
-    def clusters_blob(self, pairs: str, k: Any = 8) -> Blob:
+    def clusters_blob(self, pairs: str, k: Any = 8, seed: int = 0) -> Blob:
+        """The clusters JSON: from memory, else from the group cache (``Cache.get_group``), else computed
+        and stored there (``Cache.put_group``), so a repeated request never runs k-means again."""
         parsed = self.parse_pairs(pairs)
         k_int = parse_int(k, "k", K_MIN, K_MAX)
         stamps = tuple(self.record(m)["_stamp"] for m, _ in parsed)
-        key = ("clusters", tuple(parsed), k_int, stamps)
+        key = ("clusters", tuple(parsed), k_int, seed, stamps)
         blob = self._computed.get(key)
-        if blob is None:
-            blob = Blob.of(self.clusters(pairs, k_int))
-            self._computed.put(key, blob)
+        if blob is not None:
+            return blob
+        params = self.cluster_params(parsed, k_int, seed)
+        try:
+            entry = self.cache.get_group("clusters", clustering.VERSION, params)
+        except CorruptEntry as e:
+            log.warning("discarding a corrupt clusters entry (%s); recomputing it", e)
+            self.cache.discard(self.cache.group_path("clusters", clustering.VERSION, params))
+            entry = None
+        if entry is not None:
+            blob = Blob.make(entry.payload, hashlib.sha256(entry.payload).hexdigest())
+        else:
+            entries = [(m, l, {"images": self.result_data(m, l, "nmf")["images"]}) for m, l in parsed]
+            try:
+                data = clustering.compute_clusters(entries, k_int, seed=seed)
+            except ValueError as e:
+                raise BadRequest(str(e), range=[K_MIN, K_MAX]) from None
+            try:
+                self.cache.put_group("clusters", clustering.VERSION, params, data,
+                                     meta={"models": [m for m, _ in parsed]})
+            except OSError as e:  # a read-only cache still answers
+                log.warning("could not store the clusters result: %s", e)
+            payload = canonical_json(data)
+            blob = Blob.make(payload, hashlib.sha256(payload).hexdigest())
+        self._computed.put(key, blob)
         return blob
 
 
@@ -607,103 +709,3 @@ def profiles(rec: dict) -> dict:
                 gam.append({**base, "follows": follows, "depth": depth.get(follows) if follows else None,
                             "values": vals})
     return {"symmetry": sym, "banding": band, "gamma": gam, "sparsity": spars}
-
-
-_TINY = 1e-30
-
-
-def _to_list(x, digits: int = 6):
-    """Round to ``digits`` significant digits, as precompute.analyses.base.to_list (small JSON)."""
-    import numpy as np
-
-    x = np.asarray(x, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = np.where(x == 0, 0, np.floor(np.log10(np.abs(np.where(x == 0, 1, x)))))
-    scale = 10.0 ** (digits - 1 - mag)
-    return (np.round(x * scale) / scale).tolist()
-
-
-def align_colours(W, rounds: int = 3):
-    """Numpy port of ``precompute.analyses.nmf_core.align_colours(W, start="identity")`` (which needs
-    torch): permute each neuron's r factors so that colour j means the same across the batch.
-    W: (B, P, r). Returns perm (B, r) with out[:, :, j] = W[:, :, perm[:, j]]."""
-    import numpy as np
-
-    B, P, r = W.shape
-    perms = np.array(list(permutations(range(r))))  # (p, r), the same order as itertools in nmf_core
-    U = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), _TINY)
-    perm = np.broadcast_to(np.arange(r), (B, r)).copy()
-    if B == 0:
-        return perm
-    cols = np.arange(r)
-    for _ in range(rounds):
-        ref = np.take_along_axis(U, perm[:, None, :].repeat(P, 1), 2).mean(0)  # (P, r)
-        ref = ref / np.maximum(np.linalg.norm(ref, axis=0, keepdims=True), _TINY)
-        sim = np.einsum("bpi,pj->bij", U, ref)
-        scores = sim[:, perms, cols].sum(-1)  # (B, p)
-        new = perms[scores.argmax(axis=1)]
-        if np.array_equal(new, perm):
-            break
-        perm = new
-    return perm
-
-
-def compute_clusters(pairs: list[tuple[str, str]], images: list, k: int, seed: int = 0) -> dict:
-    """k-means (k clusters) over the NMF reduced forms of several (model, layer) pairs: the same
-    computation as ``precompute.analyses.clusters.compute_clusters`` (the ``clusters`` analysis), in
-    numpy + scikit-learn so that the server stays torch-free:
-
-    1. each neuron's factors are re-aligned against the pooled mean of all pairs (colours are only
-       consistent within a layer), 2. images flattened to unit L2 norm, 3. ``KMeans(k, random_state=seed,
-       n_init=10)``, 4. clusters renumbered by decreasing size (ties: first member).
-
-    images: per pair an array-like (N_p, kh, kw, r). Returns the FORMATS.md ``clusters`` shape plus
-    ``labels`` [pairs][N] and ``sizes`` [k].
-    """
-    import numpy as np
-    from sklearn.cluster import KMeans
-
-    arrays = [np.asarray(im, dtype=np.float64) for im in images]
-    for (m, l), a in zip(pairs, arrays):
-        if a.ndim != 4:
-            raise BadRequest(f"{m}:{l}: NMF images must be [N][kh][kw][rank]; got shape {list(a.shape)}")
-    shapes = [a.shape[1:] for a in arrays]
-    if len(set(shapes)) != 1:
-        listing = ", ".join(f"{m}:{l} {s[0]}x{s[1]}" for (m, l), s in zip(pairs, shapes))
-        raise BadRequest(f"the layers must have the same kernel size to be clustered together; got {listing}")
-    kh, kw, r = shapes[0]
-    counts = [int(a.shape[0]) for a in arrays]
-    total = sum(counts)
-    if k > total:
-        raise BadRequest(f"k must be at most the number of neurons ({total}); got {k}", range=[K_MIN, total])
-    W = np.concatenate(arrays, 0).reshape(total, kh * kw, r)
-    perm = align_colours(W)
-    aligned = np.take_along_axis(W, perm[:, None, :].repeat(kh * kw, 1), 2).reshape(total, kh, kw, r)
-    feats = aligned.reshape(total, -1)
-    norms = np.linalg.norm(feats, axis=1, keepdims=True)
-    feats = np.where(norms > 0, feats / np.where(norms > 0, norms, 1.0), 0.0)
-    raw = KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(feats)
-    sizes = np.bincount(raw, minlength=k)
-    first = [int(np.flatnonzero(raw == c)[0]) if sizes[c] else total for c in range(k)]
-    order = sorted(range(k), key=lambda c: (-sizes[c], first[c]))
-    relabel = np.empty(k, dtype=np.int64)
-    relabel[order] = np.arange(k)
-    labels = relabel[raw]
-    centroids = np.zeros((k, kh, kw, r))
-    for c in range(k):
-        members = labels == c
-        if members.any():
-            centroids[c] = aligned[members].mean(0)
-    proportions, per_pair, start = [], [], 0
-    for n in counts:
-        lab = labels[start:start + n]
-        proportions.append(np.bincount(lab, minlength=k) / max(n, 1))
-        per_pair.append([int(x) for x in lab])
-        start += n
-    return {
-        "pairs": [[m, l] for m, l in pairs], "k": int(k), "proportions": _to_list(np.array(proportions)),
-        "centroids": _to_list(centroids), "counts": counts, "labels": per_pair,
-        "sizes": [int(sizes[c]) for c in order],
-        "method": "as the clusters analysis: factors re-aligned per neuron to the pooled mean, unit-norm images, "
-                  f"KMeans(k={k}, n_init=10, random_state={seed}), clusters by decreasing size",
-    }

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from .data import BadRequest, Explorer, neuron_count
+from .jobs import get_job, public_job, recent_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=str(ROOT / "frontend" / "templates"))
@@ -45,6 +46,8 @@ def error_page(request: Request, status: int, message: str, known: Optional[list
                 base = "/models/"
         else:
             base = "/models/"
+    elif known and segs and segs[0] == "experiments":
+        base = "/experiments/"
     links = [{"label": k, "url": (base + k) if base else None} for k in (known or [])][:200]
     return render(request, "error.html", status=status, title=f"{status} · convscope", code=status,
                   message=message, links=links, crumbs=[{"label": "Error"}])
@@ -103,20 +106,42 @@ def compare_page(request: Request):
                   boot={"page": "compare", "models": [m["name"] for m in models]})
 
 
+@router.get("/experiments", response_class=HTMLResponse)
+def experiments_page(request: Request):
+    from .experiments import list_experiments
+
+    data = list_experiments(explorer(request))
+    return render(request, "experiments.html", title="experiments · convscope", d=data,
+                  crumbs=[{"label": "Experiments"}], boot={"page": "experiments"})
+
+
+@router.get("/experiments/{experiment}", response_class=HTMLResponse)
+def experiment_page(request: Request, experiment: str):
+    from .experiments import experiment_detail
+
+    d = experiment_detail(explorer(request), experiment)
+    return render(request, "experiment.html", title=f"{experiment} · experiments · convscope", d=d,
+                  crumbs=[{"label": "Experiments", "url": "/experiments"}, {"label": d["title"]}],
+                  boot={"page": "experiment", "experiment": experiment, "api": d["api"], "data": d})
+
+
 @router.get("/upload", response_class=HTMLResponse)
 def upload_page(request: Request):
     settings = request.app.state.settings
     return render(request, "upload.html", title="add a model · convscope", crumbs=[{"label": "Add a model"}],
-                  max_bytes=settings.max_upload_bytes, jobs=request.app.state.jobs.list(10),
+                  max_bytes=settings.max_upload_bytes,
+                  jobs=[public_job(j) for j in recent_jobs(settings, 10, "upload")],
                   boot={"page": "upload", "max_bytes": settings.max_upload_bytes})
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str):
-    job = request.app.state.jobs.get(job_id)
-    return render(request, "job.html", title=f"job {job_id[:8]} · convscope",
-                  crumbs=[{"label": "Add a model", "url": "/upload"}, {"label": f"job {job_id[:8]}"}],
-                  job=job, boot={"page": "job", "job": job_id})
+    job = public_job(get_job(request.app.state.settings, job_id))
+    first = ({"label": "Add a model", "url": "/upload"} if job["kind"] == "upload" else
+             {"label": job["model"], "url": f"/models/{job['model']}"} if job["kind"] == "precompute" and job["model"]
+             else {"label": "Jobs"})
+    return render(request, "job.html", title=f"{job['kind']} job · {job['model'] or job_id} · convscope",
+                  crumbs=[first, {"label": f"{job['kind']} job"}], job=job, boot={"page": "job", "job": job_id})
 
 
 @router.get("/api/docs", response_class=HTMLResponse)

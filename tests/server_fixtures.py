@@ -10,6 +10,9 @@
 - ``srv_client``: a ``TestClient`` over ``create_app(srv_settings)``.
 - ``live_server`` (session): uvicorn in a subprocess (factory mode) on a free port over a copy of the
   real data dir (uploads go there), yielding its base URL.
+- ``live_worker`` (session): a real ``convscope worker`` subprocess on the live server's data dir (the
+  same CONVSCOPE_* environment), for the tests whose uploads or precompute jobs must actually run.
+  ``start_worker`` / ``stop_process`` start and stop one for any Settings.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -110,13 +114,15 @@ def settings_env(settings: Settings) -> dict:
     return env
 
 
-def start_uvicorn(settings: Settings, log: Path) -> tuple[subprocess.Popen, str]:
+def start_uvicorn(settings: Settings, log: Path, audit_log: Optional[Path] = None) -> tuple[subprocess.Popen, str]:
+    """uvicorn (factory mode) on a free port; with ``audit_log``, under ``tests/audited_server.py`` which
+    writes every file the server process opens, lists or removes to that file (path-traversal tests)."""
     port = free_port()
     fh = open(log, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        cwd=REPO, env=settings_env(settings), stdout=fh, stderr=subprocess.STDOUT)
+    args = ["server.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd = ([sys.executable, str(REPO / "tests" / "audited_server.py"), str(audit_log), *args] if audit_log
+           else [sys.executable, "-m", "uvicorn", *args])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=settings_env(settings), stdout=fh, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -129,6 +135,41 @@ def start_uvicorn(settings: Settings, log: Path) -> tuple[subprocess.Popen, str]
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("uvicorn did not start within 60 s")
+
+
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
+    """A real ``convscope worker`` (Huey consumer + reaper) on ``settings``' queue and cache."""
+    env = settings_env(settings)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               CONVSCOPE_WORKER_ALIVE_FILE=str(Path(settings.data_dir) / f"worker-{time.monotonic_ns()}.alive"))
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "precompute.cli", "worker"], cwd=REPO, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGINT (a worker finishes its bookkeeping), then SIGKILL if it does not exit."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def wait_job(get, jid: str, timeout: float = 300, states=("done", "failed")) -> dict:
+    """Poll ``get(jid) -> job dict`` until its state is one of ``states``."""
+    deadline = time.time() + timeout
+    job = None
+    while time.time() < deadline:
+        job = get(jid)
+        if job and job.get("state") in states:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {jid} did not reach {states} in {timeout}s: {job}")
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +190,14 @@ def live_server(live_settings, tmp_path_factory):
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def live_worker(live_settings, live_server):
+    """A worker for the live server's data dir, for as long as the tests that use it run."""
+    proc = start_worker(live_settings, Path(live_settings.data_dir) / "worker.log")
+    yield proc
+    stop_process(proc)
 
 
 def first_with(srv_records: dict, analysis: str, pred=None):

@@ -21,7 +21,8 @@ from precompute.cache import ResultKey
 pytest_plugins = ["server_fixtures"]
 pytest.register_assert_rewrite("server_fixtures")
 
-from server_fixtures import REPO, first_with, make_settings  # noqa: E402
+from server_fixtures import (REPO, first_with, make_settings, start_worker, stop_process,  # noqa: E402
+                             wait_job)
 
 
 def raw(srv_client, path: str):
@@ -382,18 +383,18 @@ def test_clusters_match_the_clusters_analysis(srv_client, srv_records):
 def test_clusters_kernel_size_mismatch():
     import numpy as np
 
-    from server.data import BadRequest, compute_clusters
+    from precompute.clustering import compute_clusters
 
     a, b = np.random.rand(10, 3, 3, 3), np.random.rand(10, 5, 5, 3)
-    with pytest.raises(BadRequest, match="same kernel size"):
-        compute_clusters([("m", "a"), ("m", "b")], [a, b], 3)
+    with pytest.raises(ValueError, match="one kernel size"):
+        compute_clusters([("m", "a", {"images": a}), ("m", "b", {"images": b})], 3)
 
 
 def test_clusters_planted_structure():
     """Two kinds of neuron (horizontal vs vertical stripes) in different shares are found as two clusters."""
     import numpy as np
 
-    from server.data import compute_clusters
+    from precompute.clustering import compute_clusters
 
     rng = np.random.default_rng(0)
     h = np.zeros((3, 3, 3)); h[1, :, 0] = 1
@@ -401,8 +402,65 @@ def test_clusters_planted_structure():
     noise = lambda n: rng.random((n, 3, 3, 3)) * 0.05  # noqa: E731
     a = np.concatenate([h + noise(30), v + noise(10)])
     b = np.concatenate([h + noise(5), v + noise(15)])
-    d = compute_clusters([("m1", "a"), ("m2", "b")], [a, b], 2)
+    d = compute_clusters([("m1", "a", {"images": a}), ("m2", "b", {"images": b})], 2)
     assert d["proportions"][0] == [0.75, 0.25] and d["proportions"][1] == [0.25, 0.75]
+
+
+def test_server_and_analysis_share_one_clustering_function():
+    """No duplicate k-means: the ``clusters`` analysis and the server call precompute.clustering."""
+    import precompute.clustering as clustering
+    from precompute.analyses import ANALYSES
+    from precompute.analyses import clusters as analysis_module
+
+    assert analysis_module.compute_clusters is clustering.compute_clusters
+    assert ANALYSES.get("clusters").version == clustering.VERSION
+    source = (REPO / "server" / "data.py").read_text()
+    assert "KMeans" not in source and "def compute_clusters" not in source
+
+
+def test_clusters_are_cached_as_a_group_entry(tmp_path, srv_settings, srv_records, monkeypatch):
+    """A clusters result is stored with Cache.put_group; another server process (a fresh app) serves
+    the same bytes from that entry without running k-means again; a corrupt group entry is recomputed."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    import precompute.clustering as clustering
+    from precompute.cache import Cache
+    from server.app import create_app
+
+    shutil.copytree(srv_settings.cache, tmp_path / "cache")
+    shutil.rmtree(tmp_path / "cache" / "groups", ignore_errors=True)  # other tests' requests wrote some
+    settings = make_settings(tmp_path)
+    pairs = _nmf_pairs(srv_records, 2)
+    url = "/api/clusters?pairs=" + ",".join(f"{m}:{l}" for m, l, _ in pairs) + "&k=5"
+    with TestClient(create_app(settings)) as c:
+        first = c.get(url)
+    assert first.status_code == 200
+    groups = list((Path(settings.cache) / "groups" / "clusters").glob("v*.json"))
+    assert len(groups) == 1
+    entry = Cache.read(groups[0])
+    assert entry.meta["params"]["k"] == 5 and entry.meta["params"]["seed"] == 0
+    assert [p[:2] for p in entry.meta["params"]["pairs"]] == [[m, l] for m, l, _ in pairs]
+    assert all(n["weights_sha256"] == srv_records[m]["weights_sha256"]
+               for n, (m, _, _) in zip(entry.meta["params"]["nmf"], pairs))
+
+    def boom(*a, **k):
+        raise AssertionError("k-means ran again instead of reading the cached group entry")
+
+    monkeypatch.setattr(clustering, "compute_clusters", boom)
+    with TestClient(create_app(settings)) as c:
+        again = c.get(url)
+    assert again.status_code == 200 and again.content == first.content
+    assert again.headers["etag"] == first.headers["etag"]
+    monkeypatch.undo()
+    raw = bytearray(groups[0].read_bytes())
+    raw[-3] ^= 0x11
+    groups[0].write_bytes(bytes(raw))
+    with TestClient(create_app(settings)) as c:
+        healed = c.get(url)
+    assert healed.status_code == 200 and healed.content == first.content
+    assert Cache.read(groups[0]) is not None  # rewritten, verifies
 
 
 # ---- documentation --------------------------------------------------------------------------------
@@ -411,7 +469,8 @@ def test_openapi_documents_every_endpoint(srv_client):
     paths = schema["paths"]
     for p in ["/api/models", "/api/models/{model}", "/api/models/{model}/layers/{layer}",
               "/api/models/{model}/layers/{layer}/{analysis}", "/api/models/{model}/layers/{layer}/neurons/{neuron}",
-              "/api/clusters", "/api/uploads", "/api/jobs/{job_id}", "/api/jobs", "/api/architectures"]:
+              "/api/clusters", "/api/uploads", "/api/jobs/{job_id}", "/api/jobs", "/api/architectures",
+              "/api/models/{model}/precompute"]:
         assert p in paths, p
     page = srv_client.get("/api/docs")
     assert page.status_code == 200
@@ -429,16 +488,21 @@ def test_unknown_endpoint_lists_endpoints(srv_client):
 # ---- uploads and jobs -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def upload_client(tmp_path_factory):
-    """An app over its own empty data dir, so uploads never touch the shared real cache."""
+    """An app over its own empty data dir (uploads never touch the shared real cache), with a real
+    ``convscope worker`` subprocess on the same data dir taking the jobs."""
     from fastapi.testclient import TestClient
 
     from server.app import create_app
 
     settings = make_settings(tmp_path_factory.mktemp("upload-data"))
     settings.max_upload_bytes = 3_000_000
-    with TestClient(create_app(settings)) as c:
-        c.settings = settings
-        yield c
+    worker = start_worker(settings, Path(settings.data_dir) / "worker.log")
+    try:
+        with TestClient(create_app(settings)) as c:
+            c.settings = settings
+            yield c
+    finally:
+        stop_process(worker)
 
 
 @pytest.fixture(scope="module")
@@ -451,6 +515,10 @@ def resnet20_state_dict(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     torch.save(build("resnet20").state_dict(), path)
     return path
+
+
+def _incoming_files(settings) -> list[Path]:
+    return [p for p in (Path(settings.uploads) / ".incoming").rglob("*") if p.is_file()]
 
 
 def test_upload_rejects_bad_requests(upload_client, srv_records):
@@ -472,8 +540,8 @@ def test_upload_rejects_bad_requests(upload_client, srv_records):
     assert r.status_code == 422 and "no-such-arch" in detail(r) and "resnet20" in r.json()["known"]
     r = c.post("/api/uploads", files={"file": ok_file}, data={"arch": "../../etc", "name": "x1"})
     assert r.status_code == 422
-    incoming = Path(c.settings.data_dir) / "jobs" / "incoming"
-    assert not any(p.is_file() for p in incoming.rglob("*")), "rejected uploads must not stay on disk"
+    assert not _incoming_files(c.settings), "rejected uploads must not stay on disk"
+    assert c.get("/api/jobs").json()["jobs"] == []  # nothing was queued
 
 
 def test_upload_name_taken_409(tmp_path, srv_settings, srv_models):
@@ -503,8 +571,7 @@ def test_upload_too_large_413(upload_client):
 
     r = c.post("/api/uploads", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
     assert r.status_code == 413 and "limit" in detail(r)
-    incoming = Path(c.settings.data_dir) / "jobs" / "incoming"
-    assert not any(p.is_file() for p in incoming.rglob("*")), "a refused upload must be removed"
+    assert not _incoming_files(c.settings), "a refused upload must be removed"
 
 
 def test_jobs_errors(upload_client):
@@ -512,20 +579,47 @@ def test_jobs_errors(upload_client):
     r = c.get("/api/jobs/..%2f..%2fetc")
     assert r.status_code in (404, 422)
     r = c.get("/api/jobs/not-a-job-id")
-    assert r.status_code == 422 and "32 lower-case hex" in detail(r)
-    r = c.get("/api/jobs/" + "0" * 32)
+    assert r.status_code == 422 and "invalid job id" in detail(r)
+    r = c.get("/api/jobs/upload-nothing-" + "0" * 16)
     assert r.status_code == 404 and "unknown job" in detail(r)
     assert c.get("/api/jobs").status_code == 200
+    assert c.get("/api/jobs?kind=nope").status_code == 422
+    assert c.get("/api/jobs?limit=0").status_code == 422
 
 
-def _wait_job(c, jid, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = c.get(f"/api/jobs/{jid}").json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {jid} did not finish: {job}")
+def _job(c, jid):
+    return c.get(f"/api/jobs/{jid}").json()
+
+
+@pytest.mark.slow
+def test_upload_runs_on_the_worker_with_progress(upload_client, resnet20_state_dict):
+    """An upload is an ``upload`` job of the queue: the worker registers and precomputes it; its
+    progress is visible while it runs; the model is then served."""
+    c = upload_client
+    with open(resnet20_state_dict, "rb") as f:
+        r = c.post("/api/uploads", files={"file": ("my resnet20.pt", f.read())},
+                   data={"arch": "resnet20", "name": "api-resnet20", "dataset": "cifar10"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    jid = body["id"]
+    assert jid.startswith("upload-api-resnet20-") and body["url"] == f"/api/jobs/{jid}" and body["page"] == f"/jobs/{jid}"
+    assert body["job"]["kind"] == "upload" and body["job"]["filename"] == "my resnet20.pt"
+    assert "path" not in json.dumps(body["job"])  # no server paths in the public view
+    running = wait_job(lambda j: _job(c, j), jid, 120, states=("running", "done", "failed"))
+    seen = {running["progress"]}
+    while running["state"] == "running":
+        seen.add(running["progress"])
+        time.sleep(0.3)
+        running = _job(c, jid)
+    assert running["state"] == "done", running
+    assert len(seen) >= 2 and all(0 <= p <= 1 for p in seen), seen  # progress moved while it ran
+    assert running["model_url"] == "/models/api-resnet20" and running["result"]["status"] == "done"
+    m = c.get("/api/models/api-resnet20").json()
+    assert m["summary"]["family"] == "user" and m["summary"]["arch"] == "resnet20"
+    assert not _incoming_files(c.settings)  # the streamed file is gone, the registered copy kept
+    assert (Path(c.settings.uploads) / "api-resnet20").is_dir()
+    r = c.get("/api/jobs?kind=upload").json()["jobs"]
+    assert r[0]["id"] == jid
 
 
 @pytest.mark.slow
@@ -535,15 +629,44 @@ def test_upload_architecture_mismatch_fails_with_reason(upload_client, resnet20_
         r = c.post("/api/uploads", files={"file": ("resnet20.pt", f.read())},
                    data={"arch": "resnet32", "name": "wrong-arch"})
     assert r.status_code == 202, r.text
-    job = _wait_job(c, r.json()["id"])
-    assert job["state"] == "failed"
+    job = wait_job(lambda j: _job(c, j), r.json()["id"])
+    assert job["state"] == "failed" and job["attempts"] == 1  # an input error is not retried
     assert job["error"] and ("missing" in job["error"].lower() or "unexpected" in job["error"].lower()
                              or "size mismatch" in job["error"].lower()), job["error"]
+    assert "resnet20.pt" in job["error"] and str(c.settings.uploads) not in job["error"]
     assert "wrong-arch" not in c.get("/api/models").text
+    users = Path(c.settings.user_models_file)
+    assert not users.exists() or "wrong-arch" not in users.read_text()
+    assert not _incoming_files(c.settings)
+
+
+@pytest.mark.slow
+def test_precompute_endpoint_queues_a_job_the_worker_runs(upload_client, resnet20_state_dict):
+    """POST /api/models/{model}/precompute: 202 and a job; asking again while it is queued or running
+    gives the same job; the worker runs it."""
+    c = upload_client
+    if c.get("/api/models/api-resnet20").status_code != 200:
+        pytest.skip("needs the model uploaded by test_upload_runs_on_the_worker_with_progress")
+    r = c.post("/api/models/api-resnet20/precompute?analyses=symmetry,histogram")
+    assert r.status_code == 202, r.text
+    jid = r.json()["id"]
+    assert jid.startswith("precompute-api-resnet20-") and r.json()["job"]["analyses"] == ["symmetry", "histogram"]
+    again = c.post("/api/models/api-resnet20/precompute?analyses=symmetry,histogram")
+    assert again.json()["id"] == jid
+    job = wait_job(lambda j: _job(c, j), jid)
+    assert job["state"] == "done", job
+    assert c.post("/api/models/no-such-model/precompute").status_code == 404
+    assert c.post("/api/models/..%2f..%2fetc/precompute").status_code in (404, 422)
+    assert c.post("/api/models/api-resnet20/precompute?analyses=nope").status_code == 422
+    assert c.post("/api/models/api-resnet20/precompute?force=maybe").status_code == 422
 
 
 # ---- torch never enters the server -------------------------------------------------------------------
-def test_server_does_not_import_torch(srv_settings, srv_records):
+def test_server_does_not_import_torch(tmp_path, srv_settings, srv_records):
+    """Serving, submitting jobs and receiving an upload: torch is never imported by the server."""
+    import shutil
+
+    shutil.copytree(srv_settings.cache, tmp_path / "cache")
     m, layer = first_with(srv_records, "nmf")
     pairs = ",".join(f"{mm}:{ll}" for mm, ll, _ in _nmf_pairs(srv_records, 2))
     urls = ["/", "/api/models", f"/api/models/{m}", f"/models/{m}", f"/models/{m}/layers/{layer}",
@@ -556,16 +679,22 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from precompute.settings import Settings
 from server.app import create_app
-s = Settings(data_dir=Path({str(srv_settings.data_dir)!r}), cache_dir=Path({str(srv_settings.cache)!r}))
+s = Settings(data_dir=Path({str(tmp_path)!r}))
 c = TestClient(create_app(s))
 codes = [c.get(u).status_code for u in {urls!r}]
-print(json.dumps({{"codes": codes, "torch": sorted(k for k in sys.modules if k == "torch" or k.startswith("torch."))}}))
+posts = [c.post("/api/models/{m}/precompute").status_code,
+         c.post("/api/uploads", files={{"file": ("x.pt", b"x" * 10)}}, data={{"arch": "resnet20", "name": "nt"}}).status_code]
+codes += [c.get("/api/jobs").status_code, c.get("/upload").status_code, c.get("/api/architectures").status_code]
+print(json.dumps({{"codes": codes, "posts": posts,
+                  "torch": sorted(k for k in sys.modules if k == "torch" or k.startswith("torch."))}}))
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["torch"] == [], out["torch"][:5]
-    assert out["codes"][:-2] == [200] * (len(urls) - 2) and out["codes"][-2:] == [404, 200], out["codes"]
+    codes = out["codes"][:len(urls)]
+    assert codes[:-2] == [200] * (len(urls) - 2) and codes[-2:] == [404, 200], out["codes"]
+    assert out["codes"][len(urls):] == [200, 200, 200] and out["posts"] == [202, 202], out
 
 
 def test_no_500_for_odd_inputs(srv_client, srv_records):
@@ -582,11 +711,14 @@ def test_no_500_for_odd_inputs(srv_client, srv_records):
 
 
 def test_corrupt_entry_is_not_served(tmp_path, srv_settings, srv_records):
-    """A cache entry that fails its checksum answers 503 with a message, never garbage."""
+    """A cache entry that fails its checksum answers 503 (never garbage): it is discarded and a
+    precompute job for the model is queued (the end-to-end recovery with a worker is in test_security)."""
     import shutil
 
     from fastapi.testclient import TestClient
 
+    from precompute.cache import Cache
+    from precompute.jobs import read_job
     from server.app import create_app
 
     shutil.copytree(srv_settings.cache, tmp_path / "cache")
@@ -594,15 +726,21 @@ def test_corrupt_entry_is_not_served(tmp_path, srv_settings, srv_records):
     model, layer = first_with(srv_records, "nmf")
     rec = srv_records[model]
     info = rec["analyses"]["nmf"]
-    from precompute.cache import Cache
-
     path = Cache(settings.cache).result_path(ResultKey(rec["weights_sha256"], "nmf", info["version"], info["params"]), layer)
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0x55
     path.write_bytes(bytes(raw))
     with TestClient(create_app(settings)) as c:
         r = c.get(f"/api/models/{model}/layers/{layer}/nmf")
-    assert r.status_code == 503 and "does not verify" in detail(r)
+        assert r.status_code == 503 and "does not verify" in detail(r) and "being recomputed" in detail(r)
+        assert r.headers["retry-after"] and r.json()["job"].startswith(f"precompute-{model}-")
+        assert not path.exists()  # discarded, never served
+        job = read_job(settings, r.json()["job"])
+        assert job["state"] == "queued" and job["args"] == {"model": model, "force": False}
+        r2 = c.get(f"/api/models/{model}/layers/{layer}/nmf")  # still missing: the same job, not another
+        assert r2.status_code == 503 and r2.json()["job"] == job["id"]
+        r3 = c.get(f"/models/{model}/layers/{layer}/neurons/0")  # pages too say so, as a page
+        assert r3.status_code in (200, 503)
 
 
 def test_no_gzip_body_when_client_declines(srv_client, srv_records):
@@ -610,19 +748,3 @@ def test_no_gzip_body_when_client_declines(srv_client, srv_records):
     r = srv_client.get(f"/api/models/{model}/layers/{layer}/nmf", headers={"Accept-Encoding": "identity"})
     json.loads(r.content)  # plain JSON on the wire
     io.BytesIO(r.content)
-
-
-def test_jobs_of_a_dead_server_are_failed_not_those_of_live_workers(tmp_path):
-    import os
-
-    from server.jobs import HOST, JobStore
-
-    store = JobStore(make_settings(tmp_path))
-    store.dir.mkdir(parents=True)
-    jobs = {"a" * 32: f"{HOST}:999999999", "b" * 32: f"{HOST}:{os.getppid()}", "c" * 32: "another-host:1"}
-    for jid, runner in jobs.items():
-        store.write({"id": jid, "state": "running", "runner": runner, "created": "t"})
-    store._fail_orphans()
-    states = {j["id"]: j["state"] for j in store.list()}
-    assert states == {"a" * 32: "failed", "b" * 32: "running", "c" * 32: "running"}
-    assert "stopped" in store.get("a" * 32)["error"]

@@ -392,13 +392,17 @@ def _upload(page, path, arch, name):
     page.fill("#name", name)
     shot(page, "upload-form")
     page.click("#upload-submit")
-    page.wait_for_url(re.compile(r"/jobs/[0-9a-f]{32}$"))
+    page.wait_for_url(re.compile(r"/jobs/upload-[a-z0-9._-]+-[0-9a-f]{16}$"))
 
 
 @pytest.mark.slow
-def test_upload_flow_end_to_end(page, resnet20_checkpoint):
+def test_upload_flow_end_to_end(page, live_worker, resnet20_checkpoint):
+    """The form streams the file; a real ``convscope worker`` runs the upload job; the job page polls it
+    (progress, then done) and links the new model."""
     _upload(page, resnet20_checkpoint, "resnet20", "browser-resnet20")
     page.wait_for_selector("#job[data-state='running'], #job[data-state='done']", timeout=60000)
+    if page.get_attribute("#job", "data-state") == "running":  # progress is shown while it runs
+        assert page.inner_text("#job-message").strip() and page.inner_text("#job-state") == "running"
     page.wait_for_selector("#job[data-state='done'], #job[data-state='failed']", timeout=600000)
     assert page.get_attribute("#job", "data-state") == "done", page.inner_text("#job")
     shot(page, "job-done")
@@ -413,7 +417,7 @@ def test_upload_flow_end_to_end(page, resnet20_checkpoint):
 
 
 @pytest.mark.slow
-def test_upload_with_the_wrong_architecture_says_why(page, resnet20_checkpoint):
+def test_upload_with_the_wrong_architecture_says_why(page, live_worker, resnet20_checkpoint):
     _upload(page, resnet20_checkpoint, "resnet32", "browser-wrong-arch")
     page.wait_for_selector("#job[data-state='failed']", timeout=300000)
     msg = page.inner_text("#job-error")

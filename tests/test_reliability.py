@@ -20,7 +20,7 @@ from precompute.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = Path(os.environ.get("CONVSCOPE_TEST_STORE", Path.home() / ".cache" / "convscope-test-store"))
-MODEL = "resnet32-random"
+MODEL = "vgg16-bn-random"  # big enough (about 11 s of analyses on 2 CPU cores) to be killed mid-run
 
 
 def _entries_of(cache: Cache, record: dict):

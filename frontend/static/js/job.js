@@ -17,7 +17,7 @@
   }
   async function poll() {
     try {
-      const r = await fetch(`/api/jobs/${id}`, { cache: "no-store" });
+      const r = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { cache: "no-store" });
       const j = await r.json();
       show(j);
       if (j.state === "done" || j.state === "failed") { document.body.dataset.ready = "1"; return; }

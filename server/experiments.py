@@ -1,0 +1,244 @@
+"""The experiment pages' data: the trained variants of each experiment, side by side. No HTTP here and
+no torch (``precompute.experiments`` imports torch, so it is not imported): everything comes from the
+model records in the cache, whose ``spec.extra`` is the variant's run record (reference/README.md):
+experiment, variant, final test accuracy, measurements, command.
+
+An experiment is listed when at least one of its variants is precomputed. :data:`KNOWN` mirrors the
+title, description, paper and declared variants of ``precompute.experiments.EXPERIMENTS`` (a test keeps
+the two equal) so that the pages can name the experiments and the variants that are not trained yet.
+
+Headline numbers per variant (:func:`variant_row`):
+
+- ``accuracy``: the record's ``final_test_accuracy`` (% on the test split, the saved float16 weights);
+- ``banding``: banding index of the last two conv layers with an NMF result (``nmf`` scalars);
+- ``gamma_below_0.01``: share of all BatchNorm |gamma| < 0.01, from the record's ``gamma_clamp``
+  measurement when there is one (``source: "record"``), else from the ``batchnorm`` analysis scalars,
+  channel-weighted over the BN layers (``source: "weights"``: the same quantity, from the cached weights);
+- ``gamma_clamp``: test-accuracy change (points) when those gammas are set to 0 (record only);
+- ``dead_relu``: share of ReLU channels whose output is 0 on > 99 % of (test image, pixel) pairs (record only);
+- ``strided_symmetry``: symmetry S of the mean kernel at the conv layers with stride > 1.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+from .data import Explorer, ExplorerError, NotFound, _finite, profiles, unknown
+
+RANDOM = "random"
+#: default number of clusters of the cluster-proportion figure (the compare page's default too)
+DEFAULT_K = 8
+#: /api/clusters takes at most this many (model, layer) pairs
+MAX_PAIRS = 16
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+
+#: mirror of precompute.experiments.EXPERIMENTS (name -> title, description, paper, declared variants,
+#: measurements); tests/test_experiment_pages.py checks that it equals the registry
+KNOWN: dict[str, dict[str, Any]] = {
+    "banding": {
+        "title": "Weight banding",
+        "description": "The simplified net of the weight-banding article (6 groups of 3x3 conv + BN + ReLU, L2 "
+                       "pooling, global average pooling, linear), and one change each to what should make "
+                       "banding appear, flip or vanish in the last conv layers.",
+        "paper": "weight-banding.txt",
+        "variants": ["baseline", "rot90", "nogap", "xpool"],
+        "measurements": [],
+    },
+    "bnonly": {
+        "title": "Training BatchNorm and only BatchNorm",
+        "description": "A CIFAR-style ResNet-20 trained with all parameters, or with only BatchNorm's gamma and beta "
+                       "(optionally plus the output layer), every conv frozen at its He-normal initialisation. "
+                       "BatchNorm gamma starts U[0, 1] as in Frankle et al.",
+        "paper": "training-batchnorm-only.txt",
+        "variants": ["all", "bn", "bn-output"],
+        "measurements": ["gamma_clamp", "dead_relu"],
+    },
+    "symmetry": {
+        "title": "Symmetry of the mean kernel: padding",
+        "description": "The CIFAR-style ResNet-20 with zero padding, reflection padding, or an odd input size "
+                       "(every stride-2 conv then consumes its padding evenly).",
+        "paper": "symmetries-in-convolutional-weights.txt",
+        "variants": ["zeropad", "reflectpad", "oddsize"],
+        "measurements": [],
+    },
+    "branches": {
+        "title": "Branch specialisation",
+        "description": "The CIFAR-style ResNet-20 with the convolutions of its first two stages split into 1, 2 or "
+                       "4 branches (grouped convolutions; the stem is whole and the third stage merges them).",
+        "paper": "branch-specialization.txt",
+        "variants": ["1", "2", "4"],
+        "measurements": [],
+    },
+}
+
+
+def _extra(rec: dict) -> dict:
+    spec = rec.get("spec") or {}
+    extra = spec.get("extra") if isinstance(spec, dict) else None
+    return extra if isinstance(extra, dict) else {}
+
+
+def variant_records(ex: Explorer) -> dict[str, dict[str, dict]]:
+    """experiment -> {variant: model record} over the precomputed models of family ``variant``."""
+    out: dict[str, dict[str, dict]] = {}
+    for name in ex.model_names():
+        try:
+            rec = ex.record(name)
+        except ExplorerError:
+            continue
+        spec = rec.get("spec") or {}
+        extra = _extra(rec)
+        exp, var = extra.get("experiment"), extra.get("variant")
+        if spec.get("family") != "variant" or not isinstance(exp, str) or not isinstance(var, str):
+            continue
+        if not _NAME.match(exp):
+            continue
+        out.setdefault(exp, {})[var] = rec
+    return out
+
+
+def declared_variants(experiment: str) -> list[str]:
+    info = KNOWN.get(experiment)
+    return (list(info["variants"]) + [RANDOM]) if info else []
+
+
+def _ordered(experiment: str, variants) -> list[str]:
+    declared = declared_variants(experiment)
+    rank = {v: i for i, v in enumerate(declared)}
+    return sorted(variants, key=lambda v: (rank.get(v, len(declared)), v))
+
+
+def _info(experiment: str) -> dict:
+    info = KNOWN.get(experiment) or {}
+    return {"name": experiment, "title": info.get("title", experiment), "description": info.get("description", ""),
+            "paper": info.get("paper", ""), "declared_variants": declared_variants(experiment),
+            "url": f"/experiments/{experiment}", "api": f"/api/experiments/{experiment}"}
+
+
+def _command(experiment: str) -> str:
+    return f"convscope train {experiment} && convscope precompute --all"
+
+
+# ---- headline numbers ---------------------------------------------------------------------------------
+def _nmf_layers(rec: dict) -> list[str]:
+    """Layers with an NMF result, in execution order."""
+    have = set(rec.get("analyses", {}).get("nmf", {}).get("layers", []))
+    inv = sorted(rec.get("inventory", []), key=lambda r: r.get("index", 0))
+    return [r["name"] for r in inv if r["name"] in have]
+
+
+def gamma_below(rec: dict, threshold: str = "0.01") -> Optional[dict]:
+    """Share of BatchNorm |gamma| < threshold over the whole model: from the run record's gamma_clamp
+    measurement when present, else channel-weighted over the ``batchnorm`` scalars of the cache."""
+    meas = (_extra(rec).get("measurements") or {}).get("gamma_clamp") or {}
+    t = (meas.get("thresholds") or {}).get(threshold) or {}
+    v = _finite(t.get("fraction_clamped"))
+    if v is None and threshold == "0.01" and _finite(meas.get("threshold")) == 0.01:
+        v = _finite(meas.get("fraction_clamped"))
+    if v is not None:
+        return {"value": v, "source": "record"}
+    num = den = 0.0
+    sc = rec.get("scalars", {})
+    for r in rec.get("inventory", []):
+        if r.get("type") != "batchnorm":
+            continue
+        f = _finite(sc.get(r["name"], {}).get(f"gamma_below_{threshold}"))
+        n = (r.get("weight_shape") or [0])[0]
+        if f is None or not n:
+            continue
+        num += f * n
+        den += n
+    return {"value": num / den, "source": "weights"} if den else None
+
+
+def variant_row(experiment: str, variant: str, rec: dict) -> dict:
+    """One row of the experiment table: the run and its headline numbers (see the module docstring)."""
+    extra = _extra(rec)
+    spec = rec.get("spec") or {}
+    prof = profiles(rec)
+    meas = extra.get("measurements") or {}
+    clamp = meas.get("gamma_clamp") or None
+    dead = meas.get("dead_relu") or None
+    trainable = extra.get("trainable")
+    transform = extra.get("input_transform")
+    name = rec.get("name")
+    return {
+        "variant": variant, "model": name, "url": f"/models/{name}", "api": f"/api/models/{name}",
+        "description": extra.get("description") or spec.get("description", ""),
+        "reference": bool(extra.get("reference")), "replaces_reference": bool(extra.get("replaces_reference")),
+        "arch": spec.get("arch"), "dataset": spec.get("dataset"),
+        "epochs": extra.get("epochs"), "limit": extra.get("limit"), "seed": extra.get("seed"),
+        "train_size": extra.get("train_size"), "test_size": extra.get("test_size"),
+        "device": extra.get("device"), "command": extra.get("command"), "created": extra.get("created"),
+        "trainable": trainable.get("rule") if isinstance(trainable, dict) else trainable,
+        "input_transform": transform.get("name") if isinstance(transform, dict) else transform,
+        "accuracy": _finite(extra.get("final_test_accuracy", spec.get("accuracy"))),
+        "banding": [{"layer": p["layer"], "value": p["value"]} for p in prof["banding"][-2:]],
+        "gamma_below_0.01": gamma_below(rec),
+        "gamma_clamp": None if not isinstance(clamp, dict) else {
+            k: clamp.get(k) for k in ("threshold", "accuracy", "accuracy_clamped", "change", "fraction_clamped")},
+        "dead_relu": None if not isinstance(dead, dict) else {
+            k: dead.get(k) for k in ("p", "fraction", "disabled", "channels")},
+        "strided_symmetry": [{"layer": p["layer"], "value": p["value"], "uneven": p["uneven"]}
+                             for p in prof["symmetry"] if p["strided"]],
+        "mean_symmetry": (sum(p["value"] for p in prof["symmetry"]) / len(prof["symmetry"])) if prof["symmetry"] else None,
+        "nmf_layers": _nmf_layers(rec),
+        "status": rec.get("status"),
+        "profiles": {"symmetry": prof["symmetry"], "banding": prof["banding"]},
+    }
+
+
+# ---- the experiments ------------------------------------------------------------------------------------
+def list_experiments(ex: Explorer) -> dict:
+    """The experiments with at least one precomputed variant, and the declared ones without any."""
+    found = variant_records(ex)
+    names = [n for n in KNOWN if n in found] + sorted(n for n in found if n not in KNOWN)
+    rows = []
+    for name in names:
+        variants = _ordered(name, found[name])
+        accs = {v: _finite(_extra(found[name][v]).get("final_test_accuracy")) for v in variants}
+        rows.append({**_info(name), "variants": variants, "models": [found[name][v].get("name") for v in variants],
+                     "accuracy": accs,
+                     "missing": [v for v in declared_variants(name) if v not in found[name]]})
+    untrained = [{**_info(n), "command": _command(n)} for n in KNOWN if n not in found]
+    return {"experiments": rows, "count": len(rows), "untrained": untrained}
+
+
+def experiment_names(ex: Explorer) -> list[str]:
+    return [e["name"] for e in list_experiments(ex)["experiments"]]
+
+
+def experiment_detail(ex: Explorer, experiment: str) -> dict:
+    """Everything the experiment page shows: a row per precomputed variant (registry order, then
+    ``random``), the NMF layers all variants share (for the neuron grids; default the last), the default
+    layers of the cluster figure (the last two shared ones) and how the runs were made.
+    404 (with the known experiments) for an experiment without a precomputed variant."""
+    found = variant_records(ex)
+    known = [n for n in KNOWN if n in found] + sorted(n for n in found if n not in KNOWN)
+    if experiment not in found:
+        msg = unknown("experiment", experiment, known)
+        if experiment in KNOWN:
+            msg = (f"experiment {experiment!r} has no precomputed variant yet: train and precompute it with "
+                   f"`{_command(experiment)}`. Experiments with variants: {', '.join(known) or 'none'}")
+        raise NotFound(msg, known=known)
+    recs = found[experiment]
+    variants = _ordered(experiment, recs)
+    rows = [variant_row(experiment, v, recs[v]) for v in variants]
+    shared = [l for l in rows[0]["nmf_layers"] if all(l in r["nmf_layers"] for r in rows[1:])]
+    # how the trained variants were made (random has epochs = 0 by design)
+    scales = sorted({(r["dataset"], r["epochs"], r["limit"], r["seed"]) for r in rows if r["variant"] != RANDOM},
+                    key=repr)
+    return {
+        **_info(experiment),
+        "variants": rows,
+        "missing": [v for v in declared_variants(experiment) if v not in recs],
+        "layers": shared,
+        "default_layer": shared[-1] if shared else None,
+        "cluster_layers": shared[-2:],
+        "default_k": DEFAULT_K,
+        "max_pairs": MAX_PAIRS,
+        "runs": [{"dataset": d, "epochs": e, "limit": l, "seed": s} for d, e, l, s in scales],
+        "mixed_runs": len(scales) > 1,
+        "train_command": _command(experiment),
+    }

@@ -1,0 +1,174 @@
+"""Response shapes of the JSON API, for the OpenAPI schema (``responses=`` of the routes).
+
+The routes send stored bytes (cached results) or build JSON themselves, so these models document
+rather than serialise; ``tests/test_fuzz.py`` checks (schemathesis) that every response of every
+operation matches the shape declared here. ``extra="allow"``: a client must ignore keys it does not
+know, so adding a key is not a breaking change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorBody(_Open):
+    """Every error: a message that names the bad value and what exists."""
+
+    detail: str = Field(..., description="what went wrong, naming the bad value and what is accepted")
+    known: Optional[list[Any]] = Field(None, description="the names that exist (unknown or malformed name)")
+    range: Optional[list[int]] = Field(None, description="the accepted range (out-of-range number)")
+    errors: Optional[list[dict[str, Any]]] = Field(None, description="per-parameter problems (422)")
+    limit: Optional[int] = Field(None, description="the upload size limit in bytes (413)")
+    job: Optional[str] = Field(None, description="the job recomputing a corrupt entry (503)")
+    job_url: Optional[str] = None
+    endpoints: Optional[list[str]] = Field(None, description="the documented endpoints (unknown endpoint)")
+
+
+class LayerCounts(_Open):
+    conv: int
+    linear: int
+    batchnorm: int
+
+
+class ModelSummary(_Open):
+    name: str
+    arch: Optional[str] = None
+    dataset: Optional[str] = None
+    family: Optional[str] = None
+    source: Optional[Any] = None
+    source_detail: Optional[Any] = None
+    accuracy: Optional[Any] = None
+    description: Optional[str] = None
+    origin: Optional[str] = None
+    license: Optional[str] = None
+    input_size: Optional[list[int]] = None
+    status: Optional[str] = None
+    created: Optional[str] = None
+    layers: LayerCounts
+    params: int
+    weights_sha256: Optional[str] = None
+    errors: int = Field(..., description="number of analyses that failed for this model")
+    symmetry_profile: list[float]
+    mean_symmetry: Optional[float] = None
+
+
+class ModelList(_Open):
+    models: list[ModelSummary]
+    count: int
+
+
+class Profiles(_Open):
+    symmetry: list[dict[str, Any]]
+    banding: list[dict[str, Any]]
+    gamma: list[dict[str, Any]]
+    sparsity: list[dict[str, Any]]
+
+
+class ModelDetail(_Open):
+    name: str
+    spec: dict[str, Any]
+    summary: ModelSummary
+    weights_sha256: Optional[str] = None
+    file_sha256: Optional[str] = None
+    status: Optional[str] = None
+    created: Optional[str] = None
+    device: Optional[str] = None
+    seconds: Optional[float] = None
+    errors: dict[str, str]
+    analyses: dict[str, dict[str, Any]]
+    inventory: list[dict[str, Any]]
+    scalars: dict[str, dict[str, Any]]
+    profiles: Profiles
+
+
+class LayerContext(_Open):
+    model: str
+    layer: str
+    row: dict[str, Any]
+    analyses: list[str]
+    scalars: dict[str, Any]
+    bn: Optional[str] = None
+    bn_analyses: list[str]
+    follows: Optional[str] = None
+    feeds_from: Optional[str] = None
+    consumers: list[str]
+    svd_consumers: list[str]
+    prev: Optional[str] = None
+    next: Optional[str] = None
+    neurons: Optional[int] = None
+    family: Optional[str] = None
+
+
+class Neuron(_Open):
+    model: str
+    layer: str
+    neuron: int
+    neurons: Optional[int] = None
+    row: dict[str, Any]
+    analyses: list[str]
+    nmf: Optional[dict[str, Any]] = None
+    kernels: Optional[dict[str, Any]] = None
+    batchnorm: Optional[dict[str, Any]] = None
+    svd: Optional[dict[str, Any]] = None
+    svd_as_feeder: list[dict[str, Any]]
+
+
+class CachedResult(_Open):
+    meta: dict[str, Any] = Field(..., description="model, layer, analysis, version, parameters, shapes, time")
+    data: Any = Field(..., description="the analysis result, as in docs/FORMATS.md")
+
+
+class Clusters(_Open):
+    pairs: list[list[str]]
+    k: int
+    proportions: list[list[float]]
+    centroids: list[Any]
+    counts: list[int]
+    labels: list[list[int]]
+    sizes: list[int]
+
+
+class Architectures(_Open):
+    architectures: list[str]
+    input_sizes: dict[str, list[int]]
+
+
+class Job(_Open):
+    id: str
+    kind: str = Field(..., description="precompute, upload or train")
+    state: str = Field(..., description="queued, running, done or failed")
+    progress: float = Field(..., description="0..1")
+    message: Optional[str] = None
+    error: Optional[str] = Field(None, description="why it failed (failed jobs)")
+    attempts: int
+    created: Optional[float] = None
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    model: Optional[str] = None
+    arch: Optional[str] = None
+    filename: Optional[str] = None
+    size: Optional[int] = None
+    dataset: Optional[str] = None
+    analyses: Optional[list[str]] = None
+    result: Optional[dict[str, Any]] = None
+    log: list[str]
+    url: str
+    page: str
+    model_url: Optional[str] = None
+
+
+class JobList(_Open):
+    jobs: list[Job]
+
+
+class JobAccepted(_Open):
+    id: str
+    job: Job
+    url: str
+    page: str

@@ -1,0 +1,192 @@
+"""The experiment pages in a real browser (Debian's Chromium, Playwright) against uvicorn over tiny reference runs
+made by ``convscope train`` and precomputed (tests/experiment_fixtures.py): the index and each experiment page
+render with no console error and no failed request, with one table row and one neuron grid per variant; the view
+(layer, k, cluster layers) is in the URL, a copied link restores it, back/forward walk it; exports download.
+Screenshots go to test-output/screenshots/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["server_fixtures", "experiment_fixtures"]
+pytest.register_assert_rewrite("experiment_fixtures")
+
+from experiment_fixtures import TRAINED, needs_fashion  # noqa: E402
+from test_browser import CHROMIUM, SHOTS, Watch, ready, shot  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_fashion,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install chromium")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, exp_live):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, base_url=exp_live, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.watch = Watch(pg)
+    yield pg
+    try:
+        pg.watch.check()
+    finally:
+        ctx.close()
+
+
+def _grids_drawn(page, n):
+    page.wait_for_function(f"document.querySelectorAll('#exp-grids canvas.neuron-grid[data-count]').length === {n}")
+
+
+def test_index_lists_the_experiments_and_the_nav_leads_there(page):
+    page.goto("/")
+    ready(page)
+    page.click("nav.mainnav a[href='/experiments']")
+    page.wait_for_url(re.compile(r"/experiments$"))
+    ready(page)
+    cards = page.locator(".exp-card")
+    assert [cards.nth(i).get_attribute("data-experiment") for i in range(cards.count())] == list(TRAINED)
+    assert page.locator("nav.mainnav a.active").inner_text() == "Experiments"
+    shot(page, "experiments-index")
+    page.locator(".exp-card[data-experiment='banding']").click()
+    page.wait_for_url(re.compile(r"/experiments/banding$"))
+    ready(page, 60000)
+
+
+@pytest.mark.parametrize("exp", list(TRAINED))
+def test_experiment_page_renders(page, exp):
+    api = page.request.get(f"/api/experiments/{exp}").json()
+    n = len(TRAINED[exp])
+    page.goto(f"/experiments/{exp}")
+    ready(page, 60000)
+    rows = page.locator("#variant-table tbody tr")
+    assert rows.count() == n
+    assert [rows.nth(i).get_attribute("data-variant") for i in range(n)] == TRAINED[exp]
+    _grids_drawn(page, n)
+    grids = page.locator("#exp-grids .exp-grid")
+    assert grids.count() == n
+    for i, v in enumerate(api["variants"]):
+        canvas = grids.nth(i).locator("canvas")
+        nmf = page.request.get(f"/api/models/{v['model']}/layers/{api['default_layer']}/nmf").json()["data"]
+        assert int(canvas.get_attribute("data-count")) == len(nmf["order"])
+    page.wait_for_selector("#plot-esymmetry[data-rendered='1']")
+    page.wait_for_selector("#plot-ebanding[data-rendered='1']")
+    page.wait_for_selector("#plot-clusters[data-rendered='1']")
+    assert page.evaluate("document.getElementById('plot-esymmetry').data.length") == n
+    assert page.evaluate("document.getElementById('plot-ebanding').data.length") == n
+    assert page.evaluate("document.getElementById('plot-clusters').data.length") == api["default_k"]
+    # one bar per (variant, cluster layer)
+    assert len(page.evaluate("document.getElementById('plot-clusters').data[0].x")) == n * len(api["cluster_layers"])
+    assert page.locator("#centroids canvas").count() == api["default_k"]
+    assert page.input_value("#layer-select") == api["default_layer"]
+    shot(page, f"experiment-{exp}")
+    # each variant links to its model page
+    page.locator(f"#variant-table tr[data-variant='{TRAINED[exp][0]}'] a.variant-link").click()
+    page.wait_for_url(re.compile(f"/models/{exp}-{TRAINED[exp][0]}$"))
+    ready(page)
+
+
+def test_the_view_is_in_the_url(page):
+    exp = "banding"
+    n = len(TRAINED[exp])
+    page.goto(f"/experiments/{exp}")
+    ready(page, 60000)
+    start = page.url
+    page.select_option("#layer-select", "features.conv3")
+    page.wait_for_function("location.search.includes('layer=features.conv3')")
+    ready(page, 60000)
+    _grids_drawn(page, n)
+    page.select_option("#k-select", "5")
+    page.wait_for_function("location.search.includes('k=5')")
+    page.wait_for_function("document.getElementById('plot-clusters').data.length === 5")
+    page.check("#cluster-layers input[value='features.conv4']")
+    page.wait_for_function("location.search.includes('features.conv4')")
+    page.wait_for_function(f"document.getElementById('plot-clusters').data[0].x.length === {3 * n}")
+    ready(page, 60000)
+    page.click("#copy-link")
+    page.wait_for_function("document.body.dataset.copiedUrl")
+    copied = page.evaluate("document.body.dataset.copiedUrl")
+    assert copied == page.url and "layer=features.conv3" in copied and "k=5" in copied
+
+    def state(p):
+        return {"layer": p.input_value("#layer-select"), "k": p.input_value("#k-select"),
+                "clayers": [x.get_attribute("value") for x in p.locator("#cluster-layers input:checked").all()],
+                "title": p.inner_text("#grids-layer"),
+                "bars": p.evaluate("document.getElementById('plot-clusters').data.length"),
+                "pairs": p.evaluate("document.getElementById('plot-clusters').data[0].x.length")}
+
+    before = state(page)
+    assert before["layer"] == "features.conv3" and before["k"] == "5" and before["bars"] == 5
+    assert before["clayers"] == ["features.conv4", "features.conv5", "features.conv6"]
+    other = page.context.new_page()
+    other.watch = Watch(other)
+    other.goto(copied)
+    ready(other, 60000)
+    _grids_drawn(other, n)
+    other.wait_for_selector("#plot-clusters[data-rendered='1']")
+    assert state(other) == before
+    shot(other, "experiment-restored-from-link")
+    other.watch.check()
+    other.close()
+    # back/forward walk the changes in place
+    page.go_back()
+    page.wait_for_function("!location.search.includes('features.conv4')")
+    page.wait_for_function("document.getElementById('plot-clusters').data[0].x.length === " + str(2 * n))
+    page.go_back()
+    page.wait_for_function("!location.search.includes('k=5')")
+    assert page.input_value("#k-select") == "8"
+    page.go_forward()
+    page.wait_for_function("location.search.includes('k=5')")
+    assert page.input_value("#k-select") == "5"
+    page.go_back()
+    page.go_back()
+    page.wait_for_function(f"location.href === {start!r}")
+    ready(page, 60000)
+    assert page.input_value("#layer-select") == "features.conv6"
+
+
+def test_a_bad_layer_in_the_url_falls_back_to_the_default(page):
+    page.goto("/experiments/banding?layer=nope&k=99")
+    ready(page, 60000)
+    assert page.input_value("#layer-select") == "features.conv6" and page.input_value("#k-select") == "19"
+    assert "layer=nope" not in page.url
+
+
+def test_exports(page):
+    page.goto("/experiments/bnonly")
+    ready(page, 60000)
+    with page.expect_download() as d:
+        page.click("#fig-table [data-export=csv]")
+    text = Path(d.value.path()).read_text()
+    assert text.startswith("variant,model,test_accuracy") and len(text.strip().splitlines()) == 1 + len(TRAINED["bnonly"])
+    assert page.get_attribute("#fig-table [data-export=json]", "href") == "/api/experiments/bnonly"
+    for fig in ("grids", "esymmetry", "ebanding", "clusters"):
+        with page.expect_download() as d:
+            page.click(f"#fig-{fig} [data-export=png]")
+        assert Path(d.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+    with page.expect_download() as d:
+        page.click("#fig-grids [data-export=csv]")
+    assert Path(d.value.path()).read_text().startswith("variant,model,layer,position,neuron,error")
+    with page.expect_download() as d:
+        page.click("#fig-clusters [data-export=csv]")
+    assert Path(d.value.path()).read_text().startswith("variant,model,layer,cluster_1")
+
+
+def test_unknown_experiment_page(page):
+    page.watch.allow_status = {404}
+    page.goto("/experiments/nope")
+    ready(page)
+    assert "nope" in page.inner_text("#error-message")
+    assert page.locator(".known a[href='/experiments/banding']").count() == 1
+    shot(page, "experiment-404")

@@ -1,0 +1,184 @@
+"""Experiment pages and their JSON: ``GET /api/experiments``, ``GET /api/experiments/{experiment}``,
+``/experiments`` and ``/experiments/{experiment}``, over tiny reference runs made by ``convscope train``
+(tests/experiment_fixtures.py) and precomputed by the real pipeline."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest_plugins = ["experiment_fixtures"]
+pytest.register_assert_rewrite("experiment_fixtures")
+
+from experiment_fixtures import REPO, TRAINED, needs_fashion  # noqa: E402
+
+pytestmark = [pytest.mark.slow, needs_fashion]
+
+
+def test_known_mirrors_the_registry():
+    """server/experiments.py cannot import torch, so it mirrors the registry; the two stay equal."""
+    from precompute.experiments import EXPERIMENTS
+    from server.experiments import KNOWN
+
+    assert list(KNOWN) == list(EXPERIMENTS)
+    for name, exp in EXPERIMENTS.items():
+        pub = exp.public()
+        assert KNOWN[name] == {"title": pub["title"], "description": pub["description"], "paper": pub["paper"],
+                               "variants": [v["name"] for v in pub["variants"]], "measurements": pub["measurements"]}
+
+
+def test_server_stays_torch_free():
+    code = ("import sys, server.experiments, server.app; from server.app import create_app; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_reference_runs_are_in_the_zoo(exp_zoo_list, exp_runs):
+    rows = {r["name"]: r for r in exp_zoo_list}
+    for exp, variants in TRAINED.items():
+        for v in variants:
+            r = rows[f"{exp}-{v}"]
+            assert r["family"] == "variant" and r["status"] == "ready" and r["precomputed"], r
+            assert r["accuracy"] == exp_runs[exp][v]["final_test_accuracy"]
+
+
+def test_list_experiments(exp_client, exp_runs):
+    r = exp_client.get("/api/experiments")
+    assert r.status_code == 200 and r.headers["etag"]
+    body = r.json()
+    assert [e["name"] for e in body["experiments"]] == list(TRAINED)
+    assert body["count"] == len(TRAINED)
+    for e in body["experiments"]:
+        assert e["variants"] == TRAINED[e["name"]]  # registry order, then random
+        assert e["models"] == [f"{e['name']}-{v}" for v in TRAINED[e["name"]]]
+        assert e["missing"] == [] and e["url"] == f"/experiments/{e['name']}"
+        for v in e["variants"]:
+            assert e["accuracy"][v] == exp_runs[e["name"]][v]["final_test_accuracy"]
+    assert {u["name"] for u in body["untrained"]} == {"symmetry", "branches"}
+    assert all(u["command"].startswith(f"convscope train {u['name']}") for u in body["untrained"])
+    assert exp_client.get("/api/experiments", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+
+
+def _close(a, b):
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("exp", list(TRAINED))
+def test_experiment_detail(exp_client, exp_runs, exp_settings, exp):
+    from precompute.cache import Cache
+
+    body = exp_client.get(f"/api/experiments/{exp}").json()
+    assert body["name"] == exp and body["title"] and body["paper"].endswith(".txt")
+    rows = body["variants"]
+    assert [r["variant"] for r in rows] == TRAINED[exp]
+    assert body["runs"] == [{"dataset": "fashion-mnist", "epochs": 1, "limit": 256, "seed": 0}]
+    assert body["mixed_runs"] is False and body["missing"] == []
+    cache = Cache(exp_settings.cache)
+    for r in rows:
+        run = exp_runs[exp][r["variant"]]
+        rec = cache.get_model(r["model"])
+        assert r["model"] == f"{exp}-{r['variant']}" and r["url"] == f"/models/{r['model']}"
+        assert r["accuracy"] == run["final_test_accuracy"] and r["reference"] is True
+        assert r["epochs"] == run["epochs"] and r["limit"] == 256 and r["command"] == run["command"]
+        # banding index of the last two conv layers with an NMF result, as in the model's scalars
+        nmf_layers = [x["name"] for x in sorted(rec["inventory"], key=lambda x: x["index"])
+                      if x["name"] in rec["analyses"]["nmf"]["layers"]]
+        assert [b["layer"] for b in r["banding"]] == nmf_layers[-2:]
+        for b in r["banding"]:
+            assert _close(b["value"], rec["scalars"][b["layer"]]["banding_index"])
+        # symmetry at exactly the strided conv layers
+        strided = [x["name"] for x in rec["inventory"] if x["type"] == "conv" and max(x.get("stride") or [1]) > 1
+                   and x["name"] in rec["analyses"]["symmetry"]["layers"]]
+        assert [s["layer"] for s in r["strided_symmetry"]] == strided
+        for s in r["strided_symmetry"]:
+            assert _close(s["value"], rec["scalars"][s["layer"]]["symmetry"])
+        # gamma share: the run's measurement where it made one, else from the cached weights
+        g = r["gamma_below_0.01"]
+        if run["measurements"].get("gamma_clamp"):
+            m = run["measurements"]
+            assert g == {"value": m["gamma_clamp"]["thresholds"]["0.01"]["fraction_clamped"], "source": "record"}
+            assert r["gamma_clamp"]["change"] == m["gamma_clamp"]["change"]
+            assert r["dead_relu"]["fraction"] == m["dead_relu"]["fraction"]
+            assert 0 <= r["dead_relu"]["fraction"] <= 1
+        else:
+            assert g["source"] == "weights" and 0 <= g["value"] <= 1
+            assert r["gamma_clamp"] is None and r["dead_relu"] is None
+        assert r["profiles"]["symmetry"] and r["profiles"]["banding"]
+    if exp == "banding":
+        assert all(r["strided_symmetry"] == [] for r in rows)  # L2 pooling, no strided conv
+        assert body["default_layer"] == "features.conv6"
+        assert body["cluster_layers"] == ["features.conv5", "features.conv6"]
+    else:  # ResNet-20: the two stride-2 convs and their shortcuts are option A (no conv)
+        assert [s["layer"] for s in rows[0]["strided_symmetry"]] == ["layer2.0.conv1", "layer3.0.conv1"]
+        assert body["default_layer"] == "layer3.2.conv2"
+        assert all(r["gamma_clamp"] is not None for r in rows if r["variant"] != "random")
+    assert body["layers"] and body["default_layer"] == body["layers"][-1]
+
+
+def test_the_bnonly_bn_variant_keeps_the_convs_at_initialisation(exp_client):
+    """The frozen convs of `bn` and `bn-output` are the `random` init: their mean kernels are identical."""
+    rows = {r["variant"]: r for r in exp_client.get("/api/experiments/bnonly").json()["variants"]}
+    sym = lambda v: [(p["layer"], p["value"]) for p in rows[v]["profiles"]["symmetry"]]  # noqa: E731
+    assert sym("bn") == sym("random") == sym("bn-output")
+    assert sym("all") != sym("random")
+
+
+def test_clusters_across_variants(exp_client):
+    """The page's cluster figure: /api/clusters over every (variant, layer) of the default cluster layers."""
+    body = exp_client.get("/api/experiments/banding").json()
+    pairs = [f"{r['model']}:{l}" for l in body["cluster_layers"] for r in body["variants"]]
+    assert len(pairs) == 10 <= body["max_pairs"]
+    got = exp_client.get("/api/clusters", params={"pairs": ",".join(pairs), "k": 6})
+    assert got.status_code == 200, got.text
+    c = got.json()
+    assert c["k"] == 6 and len(c["proportions"]) == len(pairs)
+    assert all(abs(sum(p) - 1) < 1e-4 for p in c["proportions"])
+
+
+@pytest.mark.parametrize("name", ["nope", "bandin", "symmetry", "a" * 90, "<b>x"])
+def test_unknown_experiment_is_404_with_the_known_ones(exp_client, name):
+    r = exp_client.get(f"/api/experiments/{name}")
+    assert r.status_code == 404
+    body = r.json()
+    assert body["known"] == list(TRAINED)
+    assert "banding" in body["detail"] and "bnonly" in body["detail"]
+    if name == "bandin":
+        assert "did you mean banding" in body["detail"]
+    if name == "symmetry":  # declared but not trained here: says how to get it
+        assert "convscope train symmetry" in body["detail"]
+    page = exp_client.get(f"/experiments/{name}")
+    assert page.status_code == 404 and "text/html" in page.headers["content-type"]
+    assert 'href="/experiments/banding"' in page.text and 'href="/experiments/bnonly"' in page.text
+    assert "<b>x" not in page.text
+
+
+def test_experiment_pages_render(exp_client):
+    idx = exp_client.get("/experiments")
+    assert idx.status_code == 200
+    for exp in TRAINED:
+        assert f'href="/experiments/{exp}"' in idx.text
+    assert "convscope train symmetry" in idx.text  # declared, not trained here
+    for exp, variants in TRAINED.items():
+        r = exp_client.get(f"/experiments/{exp}")
+        assert r.status_code == 200
+        html = r.text
+        rows = re.findall(r'<tr data-variant="([^"]+)" data-model="([^"]+)"', html)
+        assert rows == [(v, f"{exp}-{v}") for v in variants]
+        for v in variants:
+            assert f'href="/models/{exp}-{v}"' in html
+        assert '<script src="/static/js/experiment.js">' in html and "/static/css/experiments.css" in html
+        assert 'href="/experiments" class="active"' in html  # the header nav
+
+
+def test_nav_links_the_experiments(exp_client):
+    assert 'href="/experiments"' in exp_client.get("/").text
+
+
+def test_openapi_documents_the_endpoints(exp_client):
+    paths = exp_client.get("/openapi.json").json()["paths"]
+    assert "/api/experiments" in paths and "/api/experiments/{experiment}" in paths
