@@ -214,8 +214,8 @@ def test_quality_vs_sklearn_on_vgg16_hed(settings):
         ref.append(sklearn_errors(X.double().numpy()))
     ours, ref = np.concatenate(ours), np.concatenate(ref)
     ratio = ours.mean() / ref.mean()
-    print(f"quality ratio {ratio:.5f}")
-    assert ratio <= 1.002, f"mean relative error {ours.mean():.5f} vs sklearn {ref.mean():.5f} ({ratio:.4f}x)"
+    # measured 0.9998 (at or below sklearn, the benchmark's target); 0.1 % slack for BLAS/platform noise
+    assert ratio <= 1.001, f"mean relative error {ours.mean():.5f} vs sklearn {ref.mean():.5f} ({ratio:.4f}x)"
 
 
 def test_sklearn_rule_reproduces_sklearn():
