@@ -140,8 +140,8 @@ CACHED = {**ERRORS, 503: {"model": schemas.ErrorBody, "description": "A cached e
                           "missing): it is being recomputed; the body names the job. Retry later"}}
 
 
-def ok(model) -> dict:
-    return {200: {"model": model, "description": "OK (with an ETag; If-None-Match answers 304)"}}
+def ok(model, description: str = "OK (with an ETag; If-None-Match answers 304)") -> dict:
+    return {200: {"model": model, "description": description}}
 
 
 # ---- models, layers, neurons --------------------------------------------------------------------
@@ -217,13 +217,13 @@ JOB_ID_PATTERN = "^(?:precompute|upload|train)-" + MODEL_PATTERN[1:-1] + "-[0-9a
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-@router.get("/architectures", tags=["uploads"], responses=ok(schemas.Architectures),
+@router.get("/architectures", tags=["uploads"], responses=ok(schemas.Architectures, "OK"),
             summary="Architectures a checkpoint can be uploaded for (with their native input size)")
 def get_architectures():
     return JSONResponse(uploads.architectures())
 
 
-@router.get("/jobs", tags=["jobs"], responses={**ok(schemas.JobList), 422: ERRORS[422]},
+@router.get("/jobs", tags=["jobs"], responses={**ok(schemas.JobList, "OK (not cached)"), 422: ERRORS[422]},
             summary="Recent jobs (precompute, upload, train), newest first, with state and progress")
 def list_jobs(request: Request,
               kind: Optional[Literal["precompute", "upload", "train"]] = Query(None, description="only jobs of this kind"),
@@ -232,7 +232,7 @@ def list_jobs(request: Request,
     return JSONResponse({"jobs": [uploads.public_job(j) for j in jobs]}, headers=NO_STORE)
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"], responses={**ok(schemas.Job), **ERRORS},
+@router.get("/jobs/{job_id}", tags=["jobs"], responses={**ok(schemas.Job, "OK (not cached: poll it)"), **ERRORS},
             summary="A job: queued / running (progress, message) / done / failed (error)")
 def get_job(request: Request, job_id: str = PathParam(..., description=JOB_DOC,
                                                       json_schema_extra={"pattern": JOB_ID_PATTERN})):

@@ -657,7 +657,9 @@ def test_precompute_endpoint_queues_a_job_the_worker_runs(upload_client, resnet2
     assert job["state"] == "done", job
     assert c.post("/api/models/no-such-model/precompute").status_code == 404
     assert c.post("/api/models/..%2f..%2fetc/precompute").status_code in (404, 422)
-    assert c.post("/api/models/api-resnet20/precompute?analyses=nope").status_code == 422
+    assert c.post("/api/models/api-resnet20/precompute?analyses=nope").status_code == 404
+    assert c.post("/api/models/api-resnet20/precompute?analyses=NOPE").status_code == 422
+    assert c.post("/api/models/api-resnet20/precompute?analyses=symmetry,,nmf").status_code == 422
     assert c.post("/api/models/api-resnet20/precompute?force=maybe").status_code == 422
 
 

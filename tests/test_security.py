@@ -541,6 +541,10 @@ def test_no_markup_injection_from_user_controlled_strings(sec):
             page.goto("/models/xss-model")
             page.wait_for_load_state("networkidle")
             assert "<img src=x" in page.inner_text("body")
+            # a model with failed analyses offers to recompute: POST /api/models/{model}/precompute, job page
+            page.click("#recompute")
+            page.wait_for_url(re.compile(r"/jobs/precompute-xss-model-[0-9a-f]{16}$"))
+            assert page.inner_text("#job-id").startswith("precompute-xss-model-")
         finally:
             b.close()
     cache.discard(cache.model_path("xss-model"))

@@ -48,7 +48,8 @@ class Recipe:
         return d
 
     def lr_at(self, epoch: int, epochs: int) -> float:
-        drops = sum(1 for m in self.lr_milestones if epoch >= round(m * epochs))
+        # a milestone never falls on epoch 0 (round(0.5) == 0 would cut the lr of a 1-epoch run at once)
+        drops = sum(1 for m in self.lr_milestones if epoch >= max(1, int(m * epochs + 0.5)))
         return self.lr * self.lr_decay ** drops
 
 

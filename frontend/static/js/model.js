@@ -9,6 +9,15 @@
   };
   const labelAxis = (n) => ({ type: "category", tickangle: n > 14 ? -55 : 0, tickfont: { size: n > 40 ? 9 : 10.5, family: "ui-monospace, monospace" } });
   function empty(id, msg) { document.getElementById(id).innerHTML = `<div class="loading">${msg}</div>`; }
+  const recompute = document.getElementById("recompute");
+  if (recompute) recompute.onclick = async () => {  // POST /api/models/{model}/precompute, then the job page
+    recompute.disabled = true;
+    const r = await fetch(`${CS.urls.model(model)}/precompute`, { method: "POST" });
+    const body = await r.json().catch(() => ({}));
+    if (r.status === 202 && body.page) { location.href = body.page; return; }
+    document.getElementById("recompute-note").textContent = body.detail || `could not queue it (${r.status})`;
+    recompute.disabled = false;
+  };
 
   CS.api(CS.urls.model(model)).then(async (m) => {
     const P = m.profiles;
