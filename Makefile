@@ -32,7 +32,10 @@ precompute: setup
 serve: setup
 	$(CONVSCOPE) serve
 
-demo: precompute serve
+# a model that cannot be fetched (offline, say) is reported by precompute; the demo serves the rest
+demo: setup
+	-$(CONVSCOPE) precompute --all --progress
+	$(CONVSCOPE) serve
 
 test: setup system-deps
 	$(PY) -m pytest -q -rs
