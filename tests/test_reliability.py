@@ -23,6 +23,11 @@ STORE = Path(os.environ.get("CONVSCOPE_TEST_STORE", Path.home() / ".cache" / "co
 MODEL = "vgg16-bn-random"  # big enough (about 11 s of analyses on 2 CPU cores) to be killed mid-run
 
 
+def _n_results(cache: Cache) -> int:
+    folder = cache.root / "results"
+    return sum(1 for _ in folder.rglob("*.json")) if folder.is_dir() else 0
+
+
 def _entries_of(cache: Cache, record: dict):
     for name, info in record["analyses"].items():
         analysis = ANALYSES.get(name)
@@ -41,7 +46,13 @@ def test_sigkill_at_random_points_then_restart_leaves_a_complete_verified_cache(
     kills = 0
     for _ in range(4):
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 9.0))  # torch import alone takes ~3 s; kill somewhere in the work
+        # kill at a random moment after this run has written something new (so every round is mid-work,
+        # however fast or loaded the machine is)
+        before = _n_results(cache)
+        deadline = time.time() + 120
+        while proc.poll() is None and _n_results(cache) == before and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1

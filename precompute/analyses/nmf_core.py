@@ -522,16 +522,18 @@ def images_from_factors(W: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
 def banding_scores(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per neuron (row share - column share, spatial variance): images (N, kh, kw, r) -> (index (N,), var (N,)).
 
-    The reduced form R = sum over colours, minus its mean. Row share = (kw * sum_y rowmean_y^2) / sum R^2,
-    the share of the spatial variance explained by the row means (horizontal stripes); column share
-    likewise. A neuron with no spatial variance gets index 0 and var 0.
+    The reduced form is the RGB image itself: each colour channel minus its own spatial mean. Row
+    share = (kw * sum_{y,c} rowmean_{y,c}^2) / sum R^2, the share of the spatial variance explained by
+    the row means (horizontal stripes); column share likewise. The channels are NOT summed first:
+    three factors that are the three rows of the kernel (the typical banded neuron) add up to a flat
+    image, so the sum would hide exactly the stripes we look for. A neuron with no spatial variance
+    gets index 0 and var 0.
     """
-    R = images.sum(-1)
-    R = R - R.mean(dim=(1, 2), keepdim=True)
-    total = (R * R).sum(dim=(1, 2))
+    R = images - images.mean(dim=(1, 2), keepdim=True)
+    total = (R * R).sum(dim=(1, 2, 3))
     kh, kw = R.shape[1], R.shape[2]
-    rows = kw * (R.mean(dim=2) ** 2).sum(1)
-    cols = kh * (R.mean(dim=1) ** 2).sum(1)
+    rows = kw * (R.mean(dim=2) ** 2).sum(dim=(1, 2))
+    cols = kh * (R.mean(dim=1) ** 2).sum(dim=(1, 2))
     ok = total > 1e-12
     idx = torch.where(ok, (rows - cols) / total.clamp_min(_TINY), torch.zeros_like(total))
     return idx, torch.where(ok, total, torch.zeros_like(total))
