@@ -439,3 +439,20 @@ def test_clusters_sizes_must_match():
         compute_clusters(entries, k=4)
     with pytest.raises(ValueError, match="k must be <= the number of neurons"):
         compute_clusters(entries[:1], k=11)
+
+
+def test_banding_index_sees_stripes_that_cancel_in_the_colour_sum():
+    """The typical banded neuron: its three NMF factors are the three rows of the kernel. Their RGB
+    image is a horizontal stripe in every colour, but the colours add up to a flat image, so an index
+    computed on the sum over colours would read 0. Planted: each input channel excites one row."""
+    g = torch.Generator().manual_seed(3)
+    N, C, k = 32, 12, 3
+    W = torch.zeros(N, C, k, k)
+    scale = torch.rand(N, 1, generator=g) + 0.5
+    for c in range(C):
+        W[:, c, c % k, :] = scale  # channel c lives on row c % 3, flat along x; rows of equal strength
+    res = run_one("nmf", W)
+    img = np.array(res["images"])
+    assert np.allclose(img.sum(-1), img.sum(-1)[:, :1, :1], atol=0.05)  # the colour sum is ~flat...
+    assert res["banding_index"] > 0.9, res["banding_index"]  # ...yet the layer is banded
+    assert run_one("nmf", W.transpose(2, 3).contiguous())["banding_index"] < -0.9
