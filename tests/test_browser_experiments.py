@@ -15,22 +15,10 @@ pytest_plugins = ["server_fixtures", "experiment_fixtures"]
 pytest.register_assert_rewrite("experiment_fixtures")
 
 from experiment_fixtures import TRAINED, needs_fashion  # noqa: E402
-from test_browser import CHROMIUM, SHOTS, Watch, ready, shot  # noqa: E402
+from test_browser import CHROMIUM, SHOTS, Watch, browser, ready, shot  # noqa: E402,F401  (browser: the shared fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_fashion,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install chromium")]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
 
 
 @pytest.fixture
