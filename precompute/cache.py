@@ -188,6 +188,23 @@ class Cache:
             return []
         return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
 
+    # ---- what the workers' code computes (torch-free readers compare records against it) ---------
+    def registry_path(self) -> Path:
+        return self.root / "registry.json"
+
+    def put_registry(self, analyses: dict) -> Path:
+        """``{analysis: {"version": v, "params": {...}}}`` of the code that last wrote results."""
+        path = self.registry_path()
+        atomic_write(path, encode_entry(analyses, {"kind": "analysis-registry"}))
+        return path
+
+    def get_registry(self) -> Optional[dict]:
+        try:
+            entry = self.read(self.registry_path())
+        except CorruptEntry:
+            return None
+        return None if entry is None else entry.data
+
     # ---- results over several models (e.g. clusters) ---------------------------------------
     def group_path(self, analysis: str, version: int, params: dict) -> Path:
         return self.root / "groups" / check_analysis_name(analysis) / f"v{int(version)}-{params_hash(params)}.json"

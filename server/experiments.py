@@ -43,7 +43,7 @@ KNOWN: dict[str, dict[str, Any]] = {
                        "banding appear, flip or vanish in the last conv layers.",
         "paper": "weight-banding.txt",
         "variants": ["baseline", "rot90", "nogap", "xpool"],
-        "measurements": [],
+        "measurements": ["gamma_clamp", "dead_relu"],
     },
     "bnonly": {
         "title": "Training BatchNorm and only BatchNorm",
@@ -60,7 +60,7 @@ KNOWN: dict[str, dict[str, Any]] = {
                        "(every stride-2 conv then consumes its padding evenly).",
         "paper": "symmetries-in-convolutional-weights.txt",
         "variants": ["zeropad", "reflectpad", "oddsize"],
-        "measurements": [],
+        "measurements": ["gamma_clamp", "dead_relu"],
     },
     "branches": {
         "title": "Branch specialisation",
@@ -68,7 +68,7 @@ KNOWN: dict[str, dict[str, Any]] = {
                        "4 branches (grouped convolutions; the stem is whole and the third stage merges them).",
         "paper": "branch-specialization.txt",
         "variants": ["1", "2", "4"],
-        "measurements": [],
+        "measurements": ["gamma_clamp", "dead_relu"],
     },
 }
 

@@ -1,9 +1,10 @@
 """Fixtures for the experiment pages (API, pages, browser), loaded with ``pytest_plugins = ["experiment_fixtures"]``.
 
 - ``exp_settings`` (session): a data dir whose reference folder holds tiny reference runs made by the real
-  command line, ``convscope train banding`` (its four variants and ``random``) and ``convscope train bnonly``
-  (its three variants and ``random``), ``--limit 256 --epochs 1`` on Fashion-MNIST, written with ``--out`` into a
-  temporary folder that ``CONVSCOPE_REFERENCE_DIR`` names; then every variant precomputed by the real pipeline.
+  command line, ``convscope train EXPERIMENT --variant ...`` for every experiment (all its declared variants and
+  ``random``), ``--limit 256 --epochs 1`` on Fashion-MNIST, written with ``--out`` into a temporary folder that
+  ``CONVSCOPE_REFERENCE_DIR`` names, precomputed by ``convscope train`` itself (as a user's run is); then
+  checked and topped up by the real pipeline.
   ``exp_runs``: {experiment: {variant: run record}}; ``exp_zoo_list``: ``convscope zoo list --json`` rows.
   For quick iteration, ``CONVSCOPE_EXPERIMENT_TEST_DATA=/some/folder`` keeps that data (made there once, reused after).
 - ``exp_client``: a ``TestClient`` over ``create_app(exp_settings)``; ``exp_live``: uvicorn over it (base URL).
@@ -26,7 +27,8 @@ STORE = Path(os.environ.get("CONVSCOPE_TEST_STORE", Path.home() / ".cache" / "co
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 LIMIT = 256
 #: experiment -> variants trained for the tests (all declared ones and random)
-TRAINED = {"banding": ["baseline", "rot90", "nogap", "xpool", "random"], "bnonly": ["all", "bn", "bn-output", "random"]}
+TRAINED = {"banding": ["baseline", "rot90", "nogap", "xpool", "random"], "bnonly": ["all", "bn", "bn-output", "random"],
+           "symmetry": ["zeropad", "reflectpad", "oddsize", "random"], "branches": ["1", "2", "4", "random"]}
 
 needs_fashion = pytest.mark.skipif(not FASHION.is_file(), reason="Fashion-MNIST missing: sudo apt-get install "
                                                                 "dataset-fashion-mnist (make system-deps)")

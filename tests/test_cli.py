@@ -120,3 +120,9 @@ def test_zoo_list_shows_every_default_model_ready(data_dir):
         assert listing[name]["status"] == "ready", listing[name]
     table = run(["zoo", "list"], data_dir).stdout
     assert "needs download" in table and "resnet50-imagenet" in table  # URL-only models, offline here
+    # the reference runs committed in reference/ are in the zoo of a fresh clone, with no setting
+    committed = sorted(p.stem for p in (ROOT / "reference").glob("*.json"))
+    assert committed, "reference/ holds no committed runs"
+    for name in committed:
+        assert listing[name]["status"] == "ready", listing[name]
+        assert listing[name]["source"] == "variant", listing[name]

@@ -291,6 +291,42 @@ def test_cli_train_to_reference_then_zoo_list(tmp_path):
     assert listed.returncode == 0, listed.stderr
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     assert rows["banding-xpool"]["family"] == "variant" and rows["banding-xpool"]["status"] == "ready"
+    # precomputed like any model, by `convscope train` itself
+    assert "banding-xpool: done" in done.stdout and rows["banding-xpool"]["precomputed"]
+
+
+def test_train_job_through_the_queue(tmp_path, monkeypatch):
+    """`convscope train --queue` submits a train job; a worker runs it: trained, recorded, precomputed.
+    The same submission again is the same job (its checkpoint is there), and runs nothing."""
+    from precompute import cli
+    from precompute import jobs
+    from precompute.cache import Cache
+    from precompute.settings import get_settings
+
+    for k in [k for k in os.environ if k.startswith("CONVSCOPE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONVSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CONVSCOPE_REFERENCE_DIR", str(tmp_path / "reference"))
+    monkeypatch.setenv("CONVSCOPE_DEVICE", "cpu")
+    get_settings.cache_clear()
+    monkeypatch.setattr(jobs, "_enqueue", lambda settings, jid: None)  # run below, in this process
+    try:
+        argv = ["train", "banding", "--variant", "nogap", "--epochs", "1", "--limit", str(LIMIT), "--device", "cpu",
+                "--queue"]
+        assert cli.main(argv) == 0
+        settings = get_settings()
+        (job,) = jobs.list_jobs(settings)
+        assert job["kind"] == "train" and job["state"] == "queued" and job["args"]["limit"] == LIMIT
+        done = jobs.run_job(job["id"], settings)
+        assert done["state"] == "done", done.get("error")
+        assert done["result"]["models"] == ["banding-nogap"]
+        assert done["result"]["precompute"] == {"banding-nogap": "done"}
+        assert Cache(settings.cache).get_model("banding-nogap")["status"] == "done"
+        assert cli.main(argv) == 0
+        assert jobs.read_job(settings, job["id"])["state"] == "done"  # not queued again
+        assert cli.main(["train", "banding", "--variant", "nogap", "--queue", "--out", str(tmp_path)]) == 2
+    finally:
+        get_settings.cache_clear()
 
 
 def test_cli_train_rejects_unknown_variant(capsys):

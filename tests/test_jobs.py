@@ -3,6 +3,7 @@ a worker killed with SIGKILL mid-job, failures kept with their error."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from precompute import jobs
 from precompute.cache import Cache
 from precompute.jobs import JobError, get_huey, job_id, list_jobs, read_job, submit
 from precompute.settings import Settings
@@ -199,3 +201,115 @@ def test_worker_killed_mid_job_the_other_finishes_it(tmp_path, redis_url):
     assert cache.verify_all() == []  # nothing half-written under a real name
     record = cache.get_model("vgg16-bn-random")
     assert record["status"] == "done" and not record["errors"]
+
+
+# ---- the retry limit, in-process: the real queue (SQLite in tmp), the real run_job and reaper ----------
+@pytest.fixture
+def queue_settings(tmp_settings) -> Settings:
+    return tmp_settings.model_copy(update={"redis_url": "", "device": "cpu"})  # embedded SqliteHuey in tmp
+
+
+def _drain(settings: Settings, limit: int = 20) -> int:
+    """Run every message in the queue (and those the runs enqueue) through the registered Huey task, as
+    a consumer would; returns how many ran."""
+    huey = get_huey(settings)
+    ran = 0
+    while huey.pending_count():
+        assert ran < limit, "the job kept re-enqueueing itself past the retry limit"
+        huey.execute(huey.dequeue())
+        ran += 1
+    return ran
+
+
+def test_transient_error_is_retried_max_attempts_times_then_failed_with_the_error(queue_settings, monkeypatch):
+    calls = []
+
+    def transient(job, settings, report, note=None):  # the job body; the retry machinery is under test
+        calls.append(job["attempts"])
+        raise RuntimeError(f"connection reset (attempt {job['attempts']})")
+
+    monkeypatch.setattr(jobs, "_execute", transient)
+    assert not jobs._is_user_error(RuntimeError("x"))  # a transient error, not the input's fault
+    jid = submit("precompute", {"model": "resnet20-random"}, queue_settings)["id"]
+
+    assert _drain(queue_settings) == jobs.MAX_ATTEMPTS  # each failure but the last re-enqueued it
+    assert calls == list(range(1, jobs.MAX_ATTEMPTS + 1))
+    job = read_job(queue_settings, jid)
+    assert job["state"] == "failed" and job["attempts"] == jobs.MAX_ATTEMPTS
+    assert job["error"] == f"RuntimeError: connection reset (attempt {jobs.MAX_ATTEMPTS})"
+    assert "RuntimeError" in job["traceback"] and job["finished"]
+    events = [e["event"] for e in job["history"]]
+    assert events.count("started") == jobs.MAX_ATTEMPTS and events[-1] == "failed"
+    # a late duplicate delivery does not run a failed job again
+    assert jobs.run_job(jid, queue_settings)["state"] == "failed" and len(calls) == jobs.MAX_ATTEMPTS
+    # ... but submitting it again does, from attempt 1
+    again = submit("precompute", {"model": "resnet20-random"}, queue_settings)
+    assert again["state"] == "queued" and again["attempts"] == 0 and again["error"] is None
+
+
+def test_retry_in_between_keeps_the_last_error_and_the_next_attempt_can_succeed(queue_settings, monkeypatch):
+    def flaky(job, settings, report, note=None):
+        if job["attempts"] < jobs.MAX_ATTEMPTS:
+            raise RuntimeError("worker ran out of shared memory")
+        return {"model": job["args"]["model"], "status": "done", "seconds": 0.0}
+
+    monkeypatch.setattr(jobs, "_execute", flaky)
+    jid = submit("precompute", {"model": "resnet20-random"}, queue_settings)["id"]
+    huey = get_huey(queue_settings)
+    huey.execute(huey.dequeue())
+    job = read_job(queue_settings, jid)
+    assert job["state"] == "queued" and job["attempts"] == 1
+    assert job["error"] == "RuntimeError: worker ran out of shared memory" and "retrying" in job["message"]
+    assert _drain(queue_settings) == jobs.MAX_ATTEMPTS - 1
+    job = read_job(queue_settings, jid)
+    assert job["state"] == "done" and job["attempts"] == jobs.MAX_ATTEMPTS and job["result"]["status"] == "done"
+
+
+def test_user_error_fails_at_once_without_retries(queue_settings, monkeypatch):
+    def bad_input(job, settings, report, note=None):
+        raise jobs.UserError("my.pt is not a checkpoint")
+
+    monkeypatch.setattr(jobs, "_execute", bad_input)
+    jid = submit("precompute", {"model": "resnet20-random"}, queue_settings)["id"]
+    assert _drain(queue_settings) == 1
+    job = read_job(queue_settings, jid)
+    assert job["state"] == "failed" and job["attempts"] == 1 and job["error"] == "my.pt is not a checkpoint"
+
+
+def _claim(settings: Settings, jid: str, worker: str) -> dict:
+    job = jobs._claim(settings, jid, worker)
+    assert job is not None and job["state"] == "running" and job["worker"] == worker
+    return job
+
+
+def _die(settings: Settings, jid: str) -> None:
+    """The running job's worker is killed (SIGKILL): its heartbeat in the job state file goes stale."""
+    job = read_job(settings, jid)
+    job["heartbeat"] = time.time() - jobs.STALE_S - 1
+    (jobs.jobs_dir(settings) / f"{jid}.job").write_text(json.dumps(job))
+
+
+def test_reaper_requeues_lost_jobs_then_fails_them_after_max_attempts(queue_settings):
+    jid = submit("precompute", {"model": "resnet20-random"}, queue_settings)["id"]
+    huey = get_huey(queue_settings)
+    for attempt in range(1, jobs.MAX_ATTEMPTS):
+        _claim(queue_settings, jid, f"dead:{attempt}")
+        assert jobs.reap(queue_settings) == []  # a fresh heartbeat: left alone
+        assert read_job(queue_settings, jid)["state"] == "running"
+        _die(queue_settings, jid)
+        pending = huey.pending_count()
+        assert jobs.reap(queue_settings) == [jid]
+        job = read_job(queue_settings, jid)
+        assert job["state"] == "queued" and job["attempts"] == attempt and job["worker"] is None
+        assert huey.pending_count() == pending + 1  # re-enqueued for another worker
+    _claim(queue_settings, jid, f"dead:{jobs.MAX_ATTEMPTS}")
+    _die(queue_settings, jid)
+    pending = huey.pending_count()
+    assert jobs.reap(queue_settings) == []
+    job = read_job(queue_settings, jid)
+    assert job["state"] == "failed" and job["attempts"] == jobs.MAX_ATTEMPTS
+    assert job["error"] == f"worker dead:{jobs.MAX_ATTEMPTS} died {jobs.MAX_ATTEMPTS} times" and job["finished"]
+    assert [e["event"] for e in job["history"]].count("lost") == jobs.MAX_ATTEMPTS
+    assert huey.pending_count() == pending  # not enqueued again
+    assert jobs.reap(queue_settings) == []  # a second reap changes nothing
+    assert jobs.run_job(jid, queue_settings)["state"] == "failed"  # nor does a late delivery

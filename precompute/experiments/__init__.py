@@ -14,9 +14,10 @@ from .datasets import DATASETS, DatasetError, load_dataset, load_raw
 from .nets import EXPERIMENT_ARCHS, build_net
 from .recipes import EXPERIMENTS, RANDOM, Experiment, Recipe, Variant, experiment
 from .records import MAX_CHECKPOINT_BYTES, RECORD_KEYS, RecordError, VariantSource, variant_specs
-from .training import TrainingError, train
+from .training import TrainingError, precompute_runs, train
 
 __all__ = [
+    "precompute_runs",
     "DATASETS", "DatasetError", "load_dataset", "load_raw", "EXPERIMENT_ARCHS", "build_net", "EXPERIMENTS",
     "RANDOM", "Experiment", "Recipe", "Variant", "experiment", "MAX_CHECKPOINT_BYTES", "RECORD_KEYS",
     "RecordError", "VariantSource", "variant_specs", "TrainingError", "train",

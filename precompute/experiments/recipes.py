@@ -175,6 +175,7 @@ def banding() -> Experiment:
             Variant("xpool", "average pooling along x only (over W), flatten over y (C*H), then linear",
                     {"head": "xpool"}),
         ),
+        measurements=("gamma_clamp", "dead_relu"),
         paper="weight-banding.txt")
 
 
@@ -213,6 +214,7 @@ def symmetry() -> Experiment:
             Variant("oddsize", "zero padding, input resized to an odd size (28 -> 29, 32 -> 33)",
                     input_transform="odd-size"),
         ),
+        measurements=("gamma_clamp", "dead_relu"),
         paper="symmetries-in-convolutional-weights.txt")
 
 
@@ -229,4 +231,5 @@ def branches() -> Experiment:
             Variant("2", "two branches: groups=2 in the convs of stages 1 and 2", {"groups": 2}),
             Variant("4", "four branches: groups=4 in the convs of stages 1 and 2", {"groups": 4}),
         ),
+        measurements=("gamma_clamp", "dead_relu"),
         paper="branch-specialization.txt")

@@ -349,3 +349,31 @@ def _run_variant(exp: Experiment, vname: str, info: DatasetInfo, train_split, te
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "_state": state,
     }
+
+
+def precompute_runs(records: Sequence[dict], settings: Optional[Settings] = None, device: str = "auto",
+                    log: Callable[[str], None] = lambda m: None) -> dict[str, str]:
+    """Precompute the variants just trained, like any zoo model: ``{model: outcome}``.
+
+    A run written with ``--out`` outside the zoo's variant folders is not in the zoo, so there is nothing
+    to precompute: its outcome says where it would have to be (nothing is guessed)."""
+    from ..pipeline import precompute_many
+    from ..zoo import get_spec
+
+    settings = settings or get_settings()
+    outcome: dict[str, str] = {}
+    todo = []
+    for r in records:
+        try:
+            spec = get_spec(r["model"], settings)
+        except Exception:  # noqa: BLE001 - not registered: reported, not fatal
+            spec = None
+        path = getattr(spec.source, "path", None) if spec is not None else None
+        if path is None or Path(path).resolve() != Path(r["checkpoint_path"]).resolve():
+            outcome[r["model"]] = (f"not precomputed: {r['checkpoint_path']} is not in the zoo's variant folders "
+                                   f"({local_variants_dir(settings)} or the reference dir {settings.reference_dir})")
+            log(f"{r['model']}: {outcome[r['model']]}")
+        else:
+            todo.append(r["model"])
+    outcome.update(precompute_many(todo, settings, log=log, device=device))
+    return outcome

@@ -90,8 +90,28 @@
     });
   }
 
+  /** The cluster JSON link: a download of `url` once the clusters loaded; before that (and when
+   *  there are none) no href, so a click downloads nothing (never this page). */
+  function clustersLink(url) {
+    const a = el("clusters-json");
+    if (url) {
+      a.href = url;
+      a.setAttribute("download", "");
+      a.removeAttribute("aria-disabled");
+      a.title = "the clusters as JSON (GET " + url + ")";
+      a.style.opacity = ""; a.style.cursor = "";
+    } else {
+      a.removeAttribute("href");
+      a.removeAttribute("download");
+      a.setAttribute("aria-disabled", "true");
+      a.title = "available once the clusters are computed";
+      a.style.opacity = ".45"; a.style.cursor = "default";
+    }
+  }
+
   async function renderClusters(pairs) {
     const div = el("plot-clusters");
+    const seq = renderSeq;
     el("centroids").innerHTML = "";
     const kernels = new Set(nmfs.map((n) => (n.kernel || [n.images[0].length, n.images[0][0].length]).join("x")));
     if (kernels.size > 1) {
@@ -101,8 +121,11 @@
     const total = nmfs.reduce((a, n) => a + n.order.length, 0);
     if (Number(state.k) > total) { div.innerHTML = `<div class="loading">k = ${state.k} is more than the ${total} neurons chosen.</div>`; return; }
     const url = `/api/clusters?pairs=${pairs.map(encodeURIComponent).join(",")}&k=${state.k}`;
-    el("clusters-json").href = url;
-    try { clusters = await CS.api(url); } catch (e) { CS.showError(div, e); return; }
+    let got;
+    try { got = await CS.api(url); } catch (e) { if (seq === renderSeq) CS.showError(div, e); return; }
+    if (seq !== renderSeq) return;  // a newer render owns the figure (and the link) now
+    clusters = got;
+    clustersLink(url);
     const k = clusters.k;
     const labels = pairs.map((p, i) => `${i + 1}. ${p}`);
     await CS.plot(div, Array.from({ length: k }, (_, c) => ({
@@ -161,6 +184,8 @@
     const seq = ++renderSeq;
     document.body.dataset.ready = "";
     renderEditor();
+    clusters = null;
+    clustersLink(null);  // until this render's clusters have loaded
     const pairs = pairList();
     if (!pairs.length) {
       ["plot-clusters", "plot-csymmetry", "plot-cbanding", "plot-chistogram", "plot-cgamma"].forEach((id) => { el(id).innerHTML = `<div class="loading">add a (model, layer) pair</div>`; });
