@@ -316,6 +316,31 @@ def test_svd_rank_two():
     assert abs(evr.sum() - 1) < 1e-6 and np.all(np.diff(evr) <= 1e-12)  # centred: rank <= 2, all variance in k
 
 
+@pytest.mark.parametrize("shape", [(12, 10), (10, 12), (64, 3), (40, 40)])
+def test_top_svd_backends_agree(shape):
+    """The CUDA path (torch.linalg.eigh on the device) and the CPU path (scipy, top k only) give the same
+    leading triplets, up to the sign of each pair, on a full-rank and on a rank-2 matrix."""
+    from precompute.analyses.svd import top_svd
+
+    g = torch.Generator().manual_seed(1)
+    full = torch.rand(*shape, generator=g, dtype=torch.float64)
+    low = torch.outer(torch.rand(shape[0], generator=g, dtype=torch.float64),
+                      torch.rand(shape[1], generator=g, dtype=torch.float64)) * 3 + torch.outer(
+        torch.rand(shape[0], generator=g, dtype=torch.float64), torch.rand(shape[1], generator=g, dtype=torch.float64))
+    for M in (full, low):
+        Ut, St, Vt = top_svd(M, 8, backend="torch")
+        Us, Ss, Vs = top_svd(M, 8, backend="scipy")
+        ref = torch.linalg.svdvals(M)[:St.numel()]
+        assert torch.allclose(St, Ss, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(St[St > 0], ref[St > 0], rtol=1e-7)
+        ok = St > 0
+        sign = (Ut[:, ok] * Us[:, ok]).sum(0).sign()
+        assert torch.allclose(Ut[:, ok] * sign, Us[:, ok], atol=1e-6) and torch.allclose(Vt[:, ok] * sign, Vs[:, ok], atol=1e-6)
+        assert torch.all(Ut[:, ~ok] == 0) and torch.all(Us[:, ~ok] == 0)
+    with pytest.raises(ValueError, match="backend must be"):
+        top_svd(full, 2, backend="numpy")
+
+
 def test_svd_grouped_block_diagonal():
     W = torch.ones(4, 3, 3, 3)  # 4 neurons, groups 2: each sees 3 of the 6 feeder channels
     M = connection_matrix(W, groups=2)
