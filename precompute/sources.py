@@ -146,8 +146,8 @@ def read_checkpoint(path: Path) -> Any:
     kind = _sniff(path)
     size = path.stat().st_size
     if kind == "empty":
-        raise ModelError(f"checkpoint file {path} is empty (0 bytes): the download or copy failed; "
-                         f"replace it with the complete file")
+        raise ModelError(f"checkpoint file {path} is empty (0 bytes): it was not written completely "
+                         f"(a failed download, copy or upload); replace it with the complete file")
     truncated = (f"checkpoint file {path} ({size} bytes) is truncated or corrupt: {{err}}. "
                  f"Replace it with the complete file")
     suffix = path.suffix.lower()

@@ -323,8 +323,7 @@ async def post_upload(request: Request):
         if upload is None:
             raise BadRequest("no file part: send multipart/form-data with fields file, arch and name")
         filename = uploads.check_filename(upload["filename"])
-        if upload["size"] == 0:
-            raise BadRequest(f"the uploaded file {filename!r} is empty")
+        # an empty file is queued like any other: its job fails at once, saying so (one path for every bad file)
         name = fields.get("name", "")
         try:
             check_model_name(name)

@@ -86,6 +86,10 @@ def test_add_errors_name_the_problem(data_dir, tmp_path):
     torch.save(build("resnet32").state_dict(), wrong)
     out = run(["add", str(wrong), "--arch", "resnet20", "--name", "mine"], data_dir, check_rc=2)
     assert "unexpected" in out.stderr and "layer1.3" in out.stderr  # resnet32 has more blocks
+    short = tmp_path / "short.pt"
+    torch.save(build("resnet20").state_dict(), short)
+    out = run(["add", str(short), "--arch", "resnet32", "--name", "mine"], data_dir, check_rc=2)
+    assert "missing" in out.stderr and "layer1.3" in out.stderr and "Traceback" not in out.stderr
     badname = run(["add", str(wrong), "--arch", "resnet32", "--name", "../evil"], data_dir, check_rc=2)
     assert "invalid model name" in badname.stderr
 

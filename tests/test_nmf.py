@@ -197,24 +197,34 @@ def sklearn_errors(X: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_quality_vs_sklearn_on_vgg16_hed(settings):
+    """The `nmf` analysis itself (as precompute runs it, every neuron of the 13 real layers) against sklearn's
+    per-neuron NMF on the same matrices, for 64 sampled neurons per layer (sklearn on all 4,224 takes ~40 s here;
+    benchmarks/nmf.py compares all of them)."""
+    from precompute.cache import Cache, ResultKey
+    from precompute.pipeline import precompute_model
     from precompute.zoo import load_model
 
+    record = precompute_model("vgg16-hed", settings, analyses=["nmf"], device="cpu")
+    info = record["analyses"]["nmf"]
+    key = ResultKey(record["weights_sha256"], "nmf", info["version"], info["params"])
     module = load_model("vgg16-hed", settings).module
     convs = [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
-    assert len(convs) == 13
+    assert len(convs) == 13 and sorted(info["layers"]) == sorted(n for n, _ in convs)
     ours, ref = [], []
     g = torch.Generator().manual_seed(0)
     for name, conv in convs:
         W = conv.weight.detach().float()
+        result = Cache(settings.cache).get(key, name).data
+        errors = torch.tensor(result["error"], dtype=torch.float64)
+        assert errors.shape == (W.shape[0],)
         idx = torch.sort(torch.randperm(W.shape[0], generator=g)[:NEURONS_PER_LAYER]).values
         X = nonneg_matrices(W[idx])
-        res = batched_nmf(X)  # the defaults the nmf analysis uses
-        assert torch.allclose(res.error, relative_error(X, res.W, res.H))
-        ours.append(res.error.double().numpy())
+        ours.append(errors[idx].numpy())
         ref.append(sklearn_errors(X.double().numpy()))
     ours, ref = np.concatenate(ours), np.concatenate(ref)
     ratio = ours.mean() / ref.mean()
-    # measured 0.9998 (at or below sklearn, the benchmark's target); 0.1 % slack for BLAS/platform noise
+    # the issue allows 2 % above sklearn; measured 0.9998 (at or below sklearn, the benchmark's target), so the
+    # bound is 0.1 % (BLAS/platform noise)
     assert ratio <= 1.001, f"mean relative error {ours.mean():.5f} vs sklearn {ref.mean():.5f} ({ratio:.4f}x)"
 
 

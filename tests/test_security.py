@@ -205,6 +205,7 @@ BROKEN = {
                                ["safetensors", "bad.safetensors"]),
     "truncated-legacy-pickle": ("old.pt", lambda: pickle.dumps({"a": list(range(1000))}, protocol=2)[:200], "resnet20",
                                 ["old.pt"]),
+    "empty": ("empty.pt", lambda: b"", "resnet20", ["empty", "0 bytes", "empty.pt"]),
     "wrong-architecture": ("r20.pt", lambda: _resnet20_bytes(), "resnet32", ["resnet32", "missing"]),
     "wrong-architecture-family": ("r20b.pt", lambda: _resnet20_bytes(), "cifar10-cnn", ["cifar10-cnn"]),
 }
@@ -223,12 +224,6 @@ def test_broken_checkpoints_fail_their_job_clearly_and_leave_nothing(sec, kind):
         assert w.lower() in job["error"].lower(), (w, job["error"])
     assert "Traceback" not in job["error"] and str(sec.settings.data_dir) not in job["error"]
     assert_nothing_left(sec, name)
-
-
-def test_empty_upload_is_refused_at_once(sec):
-    r = upload(sec, "empty.pt", b"", "resnet20", "empty-one")
-    assert r.status_code == 422 and "empty" in r.json()["detail"]
-    assert_nothing_left(sec, "empty-one")
 
 
 @pytest.mark.parametrize("filename", ["../../x.pt", "..\\..\\x.pt", "/etc/x.pt", "C:\\evil\\x.pt", "a/b.pt",
