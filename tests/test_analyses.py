@@ -27,7 +27,7 @@ SCHEMA = {
     "symmetry": {"mean_kernel", "score", "distances", "strided", "uneven_padding"},
     "nmf": {"rank", "kernel", "images", "order", "error", "energy", "banding_index", "colour_rule"},
     "kernels": {"top_channels", "kernels", "norms"},
-    "svd": {"feeder", "singular_values", "u", "v", "pca", "feeder_property"},
+    "svd": {"feeder", "singular_values", "u", "v", "pca", "feeder_property", "feeder_properties"},
     "histogram": {"edges", "counts", "log_edges", "log_counts", "mean", "std", "kurtosis", "near_zero",
                   "top10_l1_share", "underflow", "overflow", "log_underflow", "log_overflow", "numel"},
     "batchnorm": {"gamma", "beta", "follows", "frac_below"},
@@ -170,6 +170,9 @@ def test_tiny_results_shapes(contexts):
     fsvd, _ = run_all(ANALYSES.get("svd"), flat)
     prop = fsvd["3"]["feeder_property"]  # an RGB feeder of a grouped conv: colourfulness and branches
     assert prop["name"] == "colourfulness" and prop["branch"] == [0, 0, 1, 1] and len(prop["values"]) == 4
+    assert list(fsvd["3"]["feeder_properties"]) == ["colourfulness", "branch", "norm"]
+    assert fsvd["6"]["feeder_properties"]["branch"] == [0, 0, 0, 1, 1, 1]  # the feeder's own groups
+    assert list(svd["8"]["feeder_properties"]) == ["norm"]  # fed by a depthwise conv: no branches
     assert fsvd["6"]["feeder"] == "3" and np.array(fsvd["6"]["v"]).shape == (6, 5)
     ker, _ = run_all(ANALYSES.get("kernels"), flat)
     ch = np.array(ker["3"]["top_channels"])
@@ -355,6 +358,39 @@ def test_svd_flatten_linear():
     W = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 12) - 5
     M = connection_matrix(W, flatten_from=[3, 2, 2])
     assert torch.allclose(M, W.abs().reshape(2, 3, 4).sum(2))
+
+
+def test_svd_feeder_properties_planted():
+    """An RGB feeder with 2 grey and 2 colour filters under a grouped conv (2 branches): colourfulness 0 for
+    the grey ones, the branch index of each feeder neuron, and the norm always; the default (the old
+    ``feeder_property``) is colourfulness with the branches beside it."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3, groups=2), nn.ReLU(),
+                        nn.Conv2d(6, 5, 1)).eval()
+    with torch.no_grad():
+        grey = torch.randn(2, 1, 3, 3).expand(2, 3, 3, 3)
+        colour = torch.randn(2, 3, 3, 3)
+        colour -= colour.mean(1, keepdim=True)  # channels sum to zero: colour-opponent
+        net[0].weight.copy_(torch.cat([grey, colour]))
+    res, rows = run_all(ANALYSES.get("svd"), make_ctx(net, (3, 12, 12), "planted"))
+    assert [r["name"] for r in rows] == ["2", "4"]
+    props = res["2"]["feeder_properties"]
+    assert list(props) == ["colourfulness", "branch", "norm"]
+    c = props["colourfulness"]
+    assert abs(c[0]) < 1e-6 and abs(c[1]) < 1e-6 and min(c[2:]) > 0.3, c
+    assert props["branch"] == [0, 0, 1, 1]
+    assert np.allclose(props["norm"], net[0].weight.detach().flatten(1).norm(dim=1).numpy(), rtol=1e-5)
+    assert res["2"]["feeder_property"] == {"name": "colourfulness", "values": c, "branch": [0, 0, 1, 1]}
+    # the 1x1 conv fed by the grouped conv: branches of its (grouped) feeder, and the norm
+    props = res["4"]["feeder_properties"]
+    assert list(props) == ["branch", "norm"] and props["branch"] == [0, 0, 0, 1, 1, 1]
+    assert np.allclose(props["norm"], net[2].weight.detach().flatten(1).norm(dim=1).numpy(), rtol=1e-5)
+    assert res["4"]["feeder_property"] == {"name": "branch", "values": [0, 0, 0, 1, 1, 1]}
+    # a plain (ungrouped, not RGB) feeder: the norm only, which is also the default
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 6, 3), nn.Conv2d(6, 2, 3)).eval()
+    res, _ = run_all(ANALYSES.get("svd"), make_ctx(plain, (3, 12, 12), "plain"))
+    assert list(res["2"]["feeder_properties"]) == ["norm"]
+    assert res["2"]["feeder_property"] == {"name": "norm", "values": res["2"]["feeder_properties"]["norm"]}
 
 
 def test_colourfulness():

@@ -141,6 +141,43 @@ def test_symmetry_bar_opens_the_layer(page, srv_records):
     assert layer in srv_records[name]["analyses"]["symmetry"]["layers"]
 
 
+def _profile_click_opens_a_layer(page, name, fig, points, profile, layers):
+    """Click point ``i`` (the highest value, so a bar has height) of the profile figure ``fig``: its layer opens."""
+    def height(p):
+        return p["value"] if "value" in p else max(v or 0 for v in p["values"].values())
+
+    i = max(range(len(profile)), key=lambda j: height(profile[j]))
+    expect = profile[i]["layer"]
+    assert expect in layers
+    page.goto(f"/models/{name}")
+    ready(page)
+    page.wait_for_selector(f"#plot-{fig}[data-rendered='1']")
+    marks = page.locator(f"#plot-{fig} {points}")
+    assert marks.count() >= len(profile)
+    marks.nth(i).click(force=True)
+    page.wait_for_url(re.compile(f"/models/{re.escape(name)}/layers/{re.escape(expect)}$"))
+    ready(page)
+
+
+def test_profile_clicks_open_the_layer(page, srv_records):
+    """Banding index (line markers), small-gamma fractions (line markers, BN layers) and sparsity (bars):
+    a click on a point opens that layer's page, on every model that has the profile."""
+    done = set()
+    for name, rec in srv_records.items():
+        prof = api(page, f"/api/models/{name}")["profiles"]
+        an = rec["analyses"]
+        for fig, points, key, analysis in [("banding", "g.points path.point", "banding", "nmf"),
+                                           ("gamma", ".scatterlayer .trace:first-child .points path.point", "gamma", "batchnorm"),
+                                           ("sparsity", "g.point path", "sparsity", "histogram")]:
+            if fig in done or not prof.get(key):
+                continue
+            _profile_click_opens_a_layer(page, name, fig, points, prof[key], an[analysis]["layers"])
+            done.add(fig)
+    assert {"banding", "sparsity"} <= done  # every test model has NMF and histogram results
+    if any(r["analyses"].get("batchnorm", {}).get("layers") for r in srv_records.values()):
+        assert "gamma" in done
+
+
 # ---- layer: the neuron grid --------------------------------------------------------------------------
 def _biggest_nmf_layer(srv_records):
     best = None
@@ -285,6 +322,56 @@ def test_copied_url_restores_the_view_and_history_works(page, srv_records):
     assert page.input_value("#grid-cell") == "m" and not page.is_checked("#hist-ylog")
 
 
+# ---- layer: the SVD scatter's "colour by" ---------------------------------------------------------------------
+def test_svd_colour_by_recolours_and_is_in_the_url(page, srv_records):
+    """The feeder of the first SVD layer with more than one colouring (an RGB feeder: colourfulness and
+    norm): choosing another colouring changes the markers' colours and the URL; reloading restores it;
+    back returns to the default."""
+    found = None
+    for m, rec in srv_records.items():
+        for layer in rec["analyses"].get("svd", {}).get("layers", []):
+            d = api(page, f"/api/models/{m}/layers/{layer}/svd")["data"]
+            if len(d.get("feeder_properties") or {}) > 1:
+                found = (m, layer, d)
+                break
+        if found:
+            break
+    assert found, "no SVD result with more than one feeder property (every RGB feeder has colourfulness and norm)"
+    model, layer, d = found
+    props = d["feeder_properties"]
+    default = d["feeder_property"]["name"]
+    other = next(n for n in props if n != default)
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    page.wait_for_selector("#plot-svd[data-rendered='1']")
+    colours = "() => Array.from(document.getElementById('plot-svd').data[0].marker.color)"
+    title = "() => document.getElementById('plot-svd').data[0].marker.colorbar.title.text"
+    opts = page.eval_on_selector_all("#svd-colour option", "os => os.map((o) => o.value)")
+    assert opts == list(props) and page.input_value("#svd-colour") == default
+    assert page.evaluate(colours) == props[default] and page.evaluate(title) == default
+    page.select_option("#svd-colour", other)
+    page.wait_for_function(f"location.search.includes('colour={other}')")
+    page.wait_for_function(f"({title})() === {other!r}")
+    assert page.evaluate(colours) == props[other] != props[default]
+    url = page.url
+    page.goto(url)  # a copied URL restores the colouring
+    ready(page)
+    page.wait_for_selector("#plot-svd[data-rendered='1']")
+    assert page.input_value("#svd-colour") == other
+    assert page.evaluate(colours) == props[other] and page.evaluate(title) == other
+    page.locator("#fig-svd").screenshot(path=str(SHOTS / f"layer-svd-colour-{other}.png"))
+    # the default colouring is not written to the URL; back returns to it
+    page.select_option("#svd-colour", default)
+    page.wait_for_function("!location.search.includes('colour=')")
+    page.go_back()
+    page.wait_for_function(f"location.search.includes('colour={other}')")
+    page.wait_for_function(f"({title})() === {other!r}")
+    page.go_back()
+    page.wait_for_function("!location.search.includes('colour=')")
+    page.wait_for_function(f"({title})() === {default!r}")
+    assert page.input_value("#svd-colour") == default and page.evaluate(colours) == props[default]
+
+
 # ---- neuron ---------------------------------------------------------------------------------------------
 def test_neuron_page_and_prev_next(page, srv_records):
     model, layer = first_with(srv_records, "nmf")
@@ -308,6 +395,37 @@ def test_neuron_page_and_prev_next(page, srv_records):
     page.click(f".crumbs a:has-text('{layer}')")
     page.wait_for_url(re.compile(f"/layers/{re.escape(layer)}$"))
     ready(page)
+
+
+def test_neuron_pages_without_nmf_render(page, srv_records):
+    """Neurons of the conv/linear layers with no NMF result (1x1 convs, linear layers): the page renders with
+    no console error, the pager walks the plain index, and the SVD scatter is drawn where the layer has one."""
+    seen = set()
+    for m, rec in srv_records.items():
+        an = rec["analyses"]
+        nmf = set(an.get("nmf", {}).get("layers", []))
+        for row in rec["inventory"]:
+            if row["type"] not in ("conv", "linear") or row["name"] in nmf:
+                continue
+            has_svd = row["name"] in an.get("svd", {}).get("layers", [])
+            kind = (row["type"], has_svd)
+            if kind in seen:
+                continue
+            seen.add(kind)
+            page.goto(f"/models/{m}/layers/{row['name']}/neurons/0")
+            ready(page)
+            assert page.locator("h1").inner_text().startswith("Neuron 0")
+            assert page.locator("#reduced").count() == 0 and page.locator("#prev-neuron").count() == 0
+            if has_svd:
+                page.wait_for_selector("#plot-svd[data-rendered='1']")
+            else:
+                assert page.locator("#plot-svd").count() == 0
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{m}-{row['name']}")
+            shot(page, f"neuron-no-nmf-{safe}-0")
+            page.click("#next-neuron")
+            page.wait_for_url(re.compile(f"/layers/{re.escape(row['name'])}/neurons/1$"))
+            ready(page)
+    assert seen, "no conv or linear layer without an NMF result in the test models"
 
 
 def test_exports(page, srv_records):

@@ -24,6 +24,9 @@ permutation-like matrix whose SVD only sorts the neurons by kernel norm.
   group of this layer that reads it, else the feeder's own group); otherwise ``norm``: the L2 norm
   of each feeder neuron's weights. An RGB feeder of a grouped layer also carries ``branch``
   beside its colourfulness (the article's question: does one branch take the colour filters?).
+- ``feeder_properties`` ({name: values}, version 2) holds every colouring that applies, the default
+  (``feeder_property``'s) first: ``colourfulness`` and ``branch`` as above where they apply, and
+  ``norm`` always, so a reader can let the user choose.
 """
 
 from __future__ import annotations
@@ -151,10 +154,25 @@ def _grouped(row: dict) -> int:
     return g if g > 1 and not row.get("depthwise") else 1
 
 
+def feeder_properties(fw: torch.Tensor, feeder: dict, row: dict) -> dict[str, list]:
+    """Every colouring of the feeder's neurons that applies, the default first: ``colourfulness`` (an RGB
+    feeder conv, not grouped), ``branch`` (this layer or the feeder a grouped, not depthwise, conv) and
+    ``norm`` (always: the L2 norm of each feeder neuron's weights)."""
+    n1 = int(feeder["out_channels"])
+    out: dict[str, list] = {}
+    if fw.dim() == 4 and fw.shape[1] == 3 and int(feeder.get("groups") or 1) == 1:
+        out["colourfulness"] = to_list(colourfulness(fw))
+    g = _grouped(row) if _grouped(row) > 1 else _grouped(feeder)
+    if g > 1:
+        out["branch"] = (torch.arange(n1) // (n1 // g)).tolist()
+    out["norm"] = to_list(fw.flatten(1).norm(dim=1))
+    return out
+
+
 @register_analysis
 class SVD(Analysis):
     name = "svd"
-    version = 1
+    version = 2  # 2: feeder_properties (every colouring that applies) beside feeder_property
     description = ("SVD (and centred PCA) of |W| summed over kernel positions between a layer and the conv "
                    "that feeds it; coordinates of both layers' neurons on the leading singular vectors.")
     Params = SVDParams
@@ -184,21 +202,17 @@ class SVD(Analysis):
                                  f"{feeder['name']!r} has {n1} neurons")
             res = svd_of(M, params.k)
             fw = ctx.weight(feeder["name"])
-            g = _grouped(row) if _grouped(row) > 1 else _grouped(feeder)
-            branch = (torch.arange(n1) // (n1 // g)).tolist() if g > 1 else None
-            if fw.dim() == 4 and fw.shape[1] == 3 and int(feeder.get("groups") or 1) == 1:
-                prop = {"name": "colourfulness", "values": to_list(colourfulness(fw))}
-                if branch is not None:
-                    prop["branch"] = branch
-            elif branch is not None:
-                prop = {"name": "branch", "values": branch}
-            else:
-                prop = {"name": "norm", "values": to_list(fw.flatten(1).norm(dim=1))}
+            props = feeder_properties(fw, feeder, row)
+            name = next(iter(props))  # the default: colourfulness, else branch, else norm
+            prop = {"name": name, "values": props[name]}
+            if name == "colourfulness" and "branch" in props:
+                prop["branch"] = props["branch"]
             out[row["name"]] = {
                 "feeder": feeder["name"],
                 "singular_values": to_list(res["singular_values"]),
                 "u": to_list(res["u"]), "v": to_list(res["v"]),
                 "pca": {k: to_list(v) for k, v in res["pca"].items()},
                 "feeder_property": prop,
+                "feeder_properties": props,
             }
         return out

@@ -1,6 +1,7 @@
 /* Layer page: neuron grid (one canvas), mean kernel, histogram with overlays, gamma/beta, SVD scatter,
  * fc-spatial. View parameters live in the query string:
  *   cell=s|m|l  ylog=1  abslog=1  overlay=model:layer,...  svd=svd|pca  cx=0  cy=1
+ *   colour=<feeder property of the SVD scatter: norm|colourfulness|branch; absent: the result's default>
  * Controls push a history entry; back/forward restore the view (popstate). */
 "use strict";
 (() => {
@@ -10,7 +11,7 @@
   const stem = (s) => `${model}_${layer}_${s}`;
   const el = (id) => document.getElementById(id);
 
-  const DEFAULTS = { cell: "m", ylog: "", abslog: "", overlay: "", svd: "svd", cx: "0", cy: "1" };
+  const DEFAULTS = { cell: "m", ylog: "", abslog: "", overlay: "", svd: "svd", cx: "0", cy: "1", colour: "" };
   function read(q) {
     const s = Object.assign({}, DEFAULTS);
     Object.keys(DEFAULTS).forEach((k) => { if (q[k] !== undefined) s[k] = q[k]; });
@@ -214,6 +215,25 @@
 
   // ---- SVD ------------------------------------------------------------------------------------
   let svd = null;
+  /** The feeder colourings of the SVD result, {name: values}, the default first: feeder_properties
+   *  (version 2), else the single feeder_property of an older result (with its branches, if any). */
+  function svdProperties() {
+    if (svd.feeder_properties && Object.keys(svd.feeder_properties).length) return svd.feeder_properties;
+    const fp = svd.feeder_property || {}, out = {};
+    if (fp.name) out[fp.name] = fp.values || [];
+    if (fp.branch && !out.branch) out.branch = fp.branch;
+    return out;
+  }
+  function svdDefaultColour(props) {
+    const fp = (svd.feeder_property || {}).name;
+    return fp && props[fp] ? fp : Object.keys(props)[0] || "";
+  }
+  /** {name, values} of the colouring chosen in the URL, the default when it names none of the result's. */
+  function svdColour() {
+    const props = svdProperties();
+    const name = props[state.colour] ? state.colour : svdDefaultColour(props);
+    return { name, values: props[name] || [] };
+  }
   async function renderSvd() {
     if (!has("svd")) return;
     try { svd = svd || (await CS.api(CS.urls.result(model, layer, "svd"))).data; } catch (e) { CS.showError("plot-svd", e); return; }
@@ -226,9 +246,17 @@
       s.value = String(w ? cy : cx);
     });
     el("svd-mode").value = state.svd;
+    const props = svdProperties(), names = Object.keys(props);
+    const csel = el("svd-colour");
+    if (csel.dataset.names !== names.join(",")) {
+      csel.innerHTML = names.map((n) => `<option value="${CS.escapeHTML(n)}">${CS.escapeHTML(n)}</option>`).join("");
+      csel.dataset.names = names.join(",");
+      csel.disabled = names.length < 2;
+    }
+    const prop = svdColour();
+    csel.value = prop.name;
     const pca = state.svd === "pca" && svd.pca;
     const U = pca ? svd.pca.u : svd.u, V = pca ? svd.pca.v : svd.v;
-    const prop = svd.feeder_property || { name: "", values: [] };
     const tag = pca ? "PC" : "singular vector ";
     await CS.plot("plot-svd", [
       { type: "scatter", mode: "markers", x: V.map((r) => r[cx]), y: V.map((r) => r[cy]), customdata: V.map((_, i) => i), xaxis: "x", yaxis: "y",
@@ -261,12 +289,13 @@
     el("svd-mode").onchange = (ev) => push({ svd: ev.target.value });
     el("svd-cx").onchange = (ev) => push({ cx: ev.target.value });
     el("svd-cy").onchange = (ev) => push({ cy: ev.target.value });
+    el("svd-colour").onchange = (ev) => push({ colour: ev.target.value === svdDefaultColour(svdProperties()) ? "" : ev.target.value });
     CS.figure("svd", stem("svd"), {
       png: () => CS.plotPNG(el("plot-svd")),
       csv: () => {
         const pca = state.svd === "pca" && svd.pca;
-        const U = pca ? svd.pca.u : svd.u, V = pca ? svd.pca.v : svd.v, pv = (svd.feeder_property || {}).values || [];
-        return [["layer", "neuron"].concat(U[0].map((_, i) => (pca ? "pc" : "sv") + i)).concat(["property"])]
+        const U = pca ? svd.pca.u : svd.u, V = pca ? svd.pca.v : svd.v, prop = svdColour(), pv = prop.values;
+        return [["layer", "neuron"].concat(U[0].map((_, i) => (pca ? "pc" : "sv") + i)).concat([prop.name || "property"])]
           .concat(V.map((r, i) => [svd.feeder, i].concat(r).concat([pv[i]]))).concat(U.map((r, i) => [layer, i].concat(r).concat([""])));
       },
     });
