@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -196,7 +197,7 @@ def cmd_serve(args) -> int:
     worker = None
     if not settings.redis_url and not args.no_worker:
         # a separate process, so the server itself never imports torch
-        worker = subprocess.Popen([sys.executable, "-m", "precompute.cli", "worker"])
+        worker = subprocess.Popen([sys.executable, "-m", "precompute.cli", "worker", "--parent", str(os.getpid())])
     try:
         uvicorn.run("server.app:create_app", factory=True, host=args.host or settings.host,
                     port=args.port or settings.port, log_level="info")
@@ -213,7 +214,7 @@ def cmd_worker(args) -> int:
     settings = get_settings()
     queue = settings.redis_url or f"sqlite:{settings.cache / 'queue.sqlite3'}"
     _p(f"convscope worker: queue {queue}, cache {settings.cache}")
-    run_worker(settings, workers=args.threads)
+    run_worker(settings, workers=args.threads, parent=args.parent)
     return 0
 
 
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     wk = sub.add_parser("worker", help="take jobs from the queue (SQLite in the cache, or CONVSCOPE_REDIS_URL)")
     wk.add_argument("--threads", type=int, default=1)
+    wk.add_argument("--parent", type=int, help="stop when the process with this pid is gone (the embedded worker of "
+                                               "`convscope serve` does not outlive its server, even one killed with -9)")
     wk.set_defaults(func=cmd_worker)
 
     sb = sub.add_parser("submit", help="queue precompute jobs for the workers")

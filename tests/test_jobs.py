@@ -313,3 +313,40 @@ def test_reaper_requeues_lost_jobs_then_fails_them_after_max_attempts(queue_sett
     assert huey.pending_count() == pending  # not enqueued again
     assert jobs.reap(queue_settings) == []  # a second reap changes nothing
     assert jobs.run_job(jid, queue_settings)["state"] == "failed"  # nor does a late delivery
+
+
+@pytest.mark.slow
+def test_embedded_worker_does_not_outlive_its_server(tmp_path):
+    """`convscope serve` (embedded mode) starts a worker process; killing the server with SIGKILL, which
+    runs no cleanup, still stops that worker (it watches its parent) instead of leaving an orphan."""
+    env = _env(tmp_path)
+    env.pop("CONVSCOPE_REDIS_URL")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "precompute.cli", "serve", "--port", str(port)], env=env,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker_pid = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and worker_pid is None:
+            children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+            worker_pid = int(children[0]) if children else None
+            time.sleep(0.2)
+        assert worker_pid, "serve started no worker"
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(10)
+        deadline = time.time() + 60
+        while time.time() < deadline and Path(f"/proc/{worker_pid}").exists():
+            state = Path(f"/proc/{worker_pid}/stat").read_text().split()[2] if Path(f"/proc/{worker_pid}/stat").exists() else "X"
+            if state == "Z":
+                break  # exited; a zombie until init reaps it
+            time.sleep(0.2)
+        stat = Path(f"/proc/{worker_pid}/stat")
+        assert not stat.exists() or stat.read_text().split()[2] == "Z", "the worker outlived its server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+        if worker_pid:
+            try:
+                os.kill(worker_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
