@@ -12,7 +12,8 @@
   real data dir (uploads go there), yielding its base URL.
 - ``live_worker`` (session): a real ``convscope worker`` subprocess on the live server's data dir (the
   same CONVSCOPE_* environment), for the tests whose uploads or precompute jobs must actually run.
-  ``start_worker`` / ``stop_process`` start and stop one for any Settings.
+  ``start_worker`` / ``stop_process`` start and stop one for any Settings; ``redis_server`` runs a real
+  redis-server on a free port.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytest
 
@@ -147,17 +149,57 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
                                 stdout=fh, stderr=subprocess.STDOUT)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGINT (a worker finishes its bookkeeping), then SIGKILL if it does not exit."""
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 20) -> None:
+    """SIGINT to every one (a worker finishes its bookkeeping), then SIGKILL any that has not exited
+    ``timeout`` seconds later."""
     import signal
 
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    stop_processes([proc], timeout)
+
+
+@contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """A real ``redis-server`` (Debian's, `make system-deps`) on a free localhost port, without
+    persistence, its files in ``folder``; yields its URL and stops it afterwards."""
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is missing: `make system-deps` (apt-get install redis-server) installs it"
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+        import redis
+
+        client = redis.Redis(port=port)
+        for _ in range(600):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None, "redis-server exited"
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"redis-server did not answer on port {port} within 60 s")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_job(get, jid: str, timeout: float = 300, states=("done", "failed")) -> dict:

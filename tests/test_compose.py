@@ -165,23 +165,17 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
+from server_fixtures import free_port, redis_server, stop_processes  # noqa: E402
+
 VENV_BIN = ROOT / ".venv" / "bin"
 CONTAINER_ALIVE_FILE = "/tmp/convscope-worker.alive"  # the default of CONVSCOPE_WORKER_ALIVE_FILE
 CHEAP_JOB = ["convscope", "submit", "resnet20-random", "--analyses", "symmetry"]  # seeded: no download
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _interpolate(value, shell: dict) -> str:
@@ -261,37 +255,13 @@ def _run(cmd: list[str], env: dict, log: Path, timeout: float = 300) -> subproce
 @pytest.fixture(params=["redis", "sqlite"])
 def local_redis(request, tmp_path):
     """The queue the services share: "redis", a real redis-server on a free port standing in for the
-    compose `redis` service (as in tests/test_jobs.py; skipped where this machine has none), or
+    compose `redis` service (as in tests/test_jobs.py), or
     "sqlite", CONVSCOPE_REDIS_URL dropped so the embedded SQLite queue in the cache is used ('')."""
     if request.param == "sqlite":
         yield ""
         return
-    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
-    if not exe:
-        pytest.skip("no redis-server on this machine (`make system-deps` installs it)")
-    port = _free_port()
-    (tmp_path / "redis").mkdir()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path / "redis")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import redis
-
-        client = redis.Redis(port=port)
-        for _ in range(600):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, "redis-server exited"
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with redis_server(tmp_path / "redis") as url:
+        yield url
 
 
 def _get(url: str, timeout: float = 10):
@@ -334,7 +304,7 @@ def test_service_commands_run_directly_on_this_machine(compose, tmp_path, local_
         web_env = _service_env(web_svc, root, local_redis)
         cmd = list(web_svc["command"])
         assert cmd[0] == "convscope" and shutil.which("convscope", path=web_env["PATH"]), "no convscope in .venv/bin"
-        port = _free_port()
+        port = free_port()
         for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
             assert flag in cmd, f"web command {cmd!r} has no {flag}"
             cmd[cmd.index(flag) + 1] = value
@@ -408,12 +378,4 @@ def test_service_commands_run_directly_on_this_machine(compose, tmp_path, local_
         state_files = list((Path(pc_env["CONVSCOPE_DATA_DIR"]) / "cache" / "jobs").glob("*.job"))
         assert len(state_files) == len(listed)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)

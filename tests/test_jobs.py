@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from precompute import jobs
 from precompute.cache import Cache
 from precompute.jobs import JobError, get_huey, job_id, list_jobs, read_job, submit
 from precompute.settings import Settings
+from server_fixtures import free_port, redis_server, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO_DIR = ROOT.parent / "shared" / "zoo" / "cifar10-resnets"
@@ -44,17 +43,6 @@ def _start_worker(env: dict) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _stop(procs):
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 def _wait_all(settings: Settings, ids: list[str], timeout: float) -> dict[str, dict]:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -66,31 +54,10 @@ def _wait_all(settings: Settings, ids: list[str], timeout: float) -> dict[str, d
     raise AssertionError(f"jobs did not finish in {timeout}s: {states}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def redis_url(tmp_path):
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is missing: `make system-deps` (apt-get install redis-server) installs it"
-    port = _free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with redis_server(tmp_path / "redis") as url:
+        yield url
 
 
 def test_job_ids_are_deterministic_and_checked():
@@ -124,7 +91,7 @@ def test_embedded_sqlite_worker_runs_jobs_and_keeps_failures(tmp_path):
     try:
         jobs = _wait_all(settings, [good["id"], failing["id"]], timeout=120)
     finally:
-        _stop([worker])
+        stop_processes([worker])
     assert jobs[good["id"]]["state"] == "done", jobs[good["id"]]
     record = Cache(settings.cache).get_model("resnet20-random")
     assert set(record["analyses"]) == {"symmetry", "batchnorm"}
@@ -156,7 +123,7 @@ def test_two_workers_on_redis_run_20_jobs_exactly_once(tmp_path, redis_url):
     try:
         jobs = _wait_all(settings, ids, timeout=300)
     finally:
-        _stop(workers)
+        stop_processes(workers)
     ran_on = set()
     for jid, job in jobs.items():
         assert job["state"] == "done", job
@@ -192,7 +159,7 @@ def test_worker_killed_mid_job_the_other_finishes_it(tmp_path, redis_url):
         first.wait(timeout=10)
         final = _wait_all(settings, [job["id"]], timeout=300)[job["id"]]
     finally:
-        _stop([p for p in (first, second) if p is not None])
+        stop_processes([p for p in (first, second) if p is not None])
     assert final["state"] == "done", final
     assert final["attempts"] == 2 and final["worker"].endswith(f":{second.pid}")
     events = [e["event"] for e in final["history"]]
@@ -321,7 +288,7 @@ def test_embedded_worker_does_not_outlive_its_server(tmp_path):
     runs no cleanup, still stops that worker (it watches its parent) instead of leaving an orphan."""
     env = _env(tmp_path)
     env.pop("CONVSCOPE_REDIS_URL")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "precompute.cli", "serve", "--port", str(port)], env=env,
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker_pid = None
