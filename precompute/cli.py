@@ -361,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     wk = sub.add_parser("worker", help="take jobs from the queue (SQLite in the cache, or CONVSCOPE_REDIS_URL)")
     wk.add_argument("--threads", type=int, default=1)
-    wk.add_argument("--parent", type=int, help="stop when the process with this pid is gone (the embedded worker of "
-                                               "`convscope serve` does not outlive its server, even one killed with -9)")
+    wk.add_argument("--parent", type=int, help="the pid of the process that started this worker: stop when it is gone "
+                                               "(the embedded worker of `convscope serve` does not outlive its server, "
+                                               "even one killed with -9)")
     wk.set_defaults(func=cmd_worker)
 
     sb = sub.add_parser("submit", help="queue precompute jobs for the workers")

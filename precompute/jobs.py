@@ -329,9 +329,7 @@ def _execute(job: dict, settings: Settings, report, note=lambda **f: None) -> di
     if job["kind"] == "upload":
         return _run_upload(job, settings, report, note)
     if job["kind"] == "train":
-        from .experiments import train
-
-        from .experiments import precompute_runs
+        from .experiments import precompute_runs, train
 
         device = args.get("device", settings.device)
         runs = train(args["experiment"], variants=args.get("variants"), dataset=args.get("dataset"),
@@ -458,28 +456,19 @@ def reap(settings: Settings) -> list[str]:
 ALIVE_FILE = Path(os.environ.get("CONVSCOPE_WORKER_ALIVE_FILE", "/tmp/convscope-worker.alive"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, someone else's
-        return True
-    return True
-
-
 def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every: float = 2.0,
                parent: Optional[int] = None) -> None:
-    """A worker process: a Huey consumer plus a reaper thread. Blocks until SIGINT/SIGTERM, or until the
-    process ``parent`` is gone (then it stops as on SIGINT: a job it was running is re-queued by the reaper
-    of the next worker, as after any crash)."""
+    """A worker process: a Huey consumer plus a reaper thread. Blocks until SIGINT/SIGTERM, or, given the
+    pid of its ``parent`` process, until that parent is gone (the worker is then re-parented, so its
+    parent pid changes; a reused pid cannot fool that). It then stops as on SIGINT: a job it was running
+    is re-queued by the reaper of the next worker, as after any crash."""
     settings = settings or get_settings()
     huey = get_huey(settings)
     stop = threading.Event()
 
     def reaper():
         while not stop.wait(reap_every):
-            if parent is not None and (not _alive(parent) or os.getppid() != parent):
+            if parent is not None and os.getppid() != parent:
                 import signal
 
                 os.kill(os.getpid(), signal.SIGINT)  # the consumer's own graceful stop

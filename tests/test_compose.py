@@ -225,7 +225,7 @@ def _service_env(svc: dict, root: Path, redis_url: str) -> dict:
         assert compose_url.hostname == "redis", env["CONVSCOPE_REDIS_URL"]  # the compose service
         if redis_url:  # the same database on the local redis-server
             env["CONVSCOPE_REDIS_URL"] = redis_url.rsplit("/", 1)[0] + compose_url.path
-        else:  # no redis-server here: the embedded SQLite queue in the (shared) cache
+        else:  # the "sqlite" run: the embedded SQLite queue in the (shared) cache
             del env["CONVSCOPE_REDIS_URL"]
     env["CONVSCOPE_WORKER_ALIVE_FILE"] = _remap(CONTAINER_ALIVE_FILE, root)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # `convscope` and `python` are the venv's

@@ -17,8 +17,7 @@ from .records import MAX_CHECKPOINT_BYTES, RECORD_KEYS, RecordError, VariantSour
 from .training import TrainingError, precompute_runs, train
 
 __all__ = [
-    "precompute_runs",
     "DATASETS", "DatasetError", "load_dataset", "load_raw", "EXPERIMENT_ARCHS", "build_net", "EXPERIMENTS",
     "RANDOM", "Experiment", "Recipe", "Variant", "experiment", "MAX_CHECKPOINT_BYTES", "RECORD_KEYS",
-    "RecordError", "VariantSource", "variant_specs", "TrainingError", "train",
+    "RecordError", "VariantSource", "variant_specs", "TrainingError", "precompute_runs", "train",
 ]
