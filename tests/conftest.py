@@ -5,6 +5,10 @@
   downloaded once per machine; the CIFAR ResNets come from ``../shared/zoo/cifar10-resnets`` beside
   the checkout when it exists.
 - ``tmp_settings`` (function): everything under the test's ``tmp_path``; nothing leaves it.
+
+A test skips, saying what to install, where a system package it needs (Chromium, Fashion-MNIST, ...) is
+missing. ``make test`` installs them first and sets ``CONVSCOPE_STRICT_DEPS=1``: there, such a skip
+("... missing ...") is a failure, so CI never passes on tests that did not run.
 """
 
 from __future__ import annotations
@@ -41,3 +45,15 @@ def tmp_settings(tmp_path) -> Settings:
         zoo_dir=None,
         pip_args="",
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or os.environ.get("CONVSCOPE_STRICT_DEPS") != "1":
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if "missing" in reason:
+        report.outcome = "failed"
+        report.longrepr = f"skipped for a missing dependency although `make system-deps` installed them: {reason}"
