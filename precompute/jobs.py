@@ -82,12 +82,11 @@ def jobs_dir(settings: Settings) -> Path:
 
 
 def _state_path(settings: Settings, jid: str) -> Path:
-    if not jid or "/" in jid or "\x00" in jid or jid.startswith(".") or ".." in jid or len(jid) > 200:
-        raise JobError(f"invalid job id {jid!r}")
-    return jobs_dir(settings) / f"{jid}.job"
+    return jobs_dir(settings) / f"{check_job_id(jid)}.job"
 
 
 def read_job(settings: Settings, jid: str) -> Optional[dict]:
+    """The job's state, or None when there is none (JobError for a malformed id)."""
     try:
         return json.loads(_state_path(settings, jid).read_bytes())
     except FileNotFoundError:
@@ -97,10 +96,14 @@ def read_job(settings: Settings, jid: str) -> Optional[dict]:
 
 
 def list_jobs(settings: Settings) -> list[dict]:
+    """Every job's state, oldest first. Only files named like a job id count: the folder also holds
+    ``atomic_write``'s temporary ``.tmp-XXXX.job`` files (and the ``.<id>.lock`` files) while jobs run."""
     out = []
     folder = jobs_dir(settings)
     if folder.is_dir():
         for p in sorted(folder.glob("*.job")):
+            if not JOB_ID.fullmatch(p.stem):
+                continue
             job = read_job(settings, p.stem)
             if job:
                 out.append(job)

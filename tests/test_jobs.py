@@ -317,3 +317,37 @@ def test_embedded_worker_does_not_outlive_its_server(tmp_path):
                 os.kill(worker_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# ---- a state file being written is not a job (issue 14, item 3) ---------------------------------------
+def test_temporary_state_files_do_not_break_listing_reaping_or_the_api(queue_settings):
+    """While any job runs, ``atomic_write`` has ``.tmp-XXXX.job`` files in the jobs folder (they match
+    ``*.job``). Listing, the reaper, ``GET /api/jobs`` and the 404 of an unknown job id (which lists
+    recent jobs) must skip them instead of failing on their name."""
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    jid = submit("precompute", {"model": "resnet20-random"}, queue_settings)["id"]
+    folder = jobs.jobs_dir(queue_settings)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".job")  # what atomic_write creates
+    os.write(fd, b'{"id": "half-writ')
+    os.close(fd)
+    (folder / "notes.job").write_text("{}")  # nor is any other file that is not named like a job id
+
+    assert [j["id"] for j in list_jobs(queue_settings)] == [jid]
+    _claim(queue_settings, jid, "gone:1")
+    _die(queue_settings, jid)
+    assert jobs.reap(queue_settings) == [jid]
+    with TestClient(create_app(queue_settings)) as client:
+        r = client.get("/api/jobs")
+        assert r.status_code == 200, r.text
+        assert [j["id"] for j in r.json()["jobs"]] == [jid]
+        unknown = "upload-nothing-" + "0" * 16
+        r = client.get(f"/api/jobs/{unknown}")
+        assert r.status_code == 404, r.text
+        assert unknown in r.json()["detail"] and jid in r.json()["detail"]
+        assert client.get("/api/jobs/.tmp-x").status_code == 422
+    assert Path(tmp).exists()  # only skipped, never touched
