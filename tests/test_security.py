@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit
@@ -194,6 +195,58 @@ def test_pickled_code_in_an_upload_never_runs(sec, kind):
     assert name not in [m["name"] for m in httpx.get(f"{sec.url}/api/models", timeout=30).json()["models"]]
 
 
+def _zip_bomb(unpacked: int) -> bytes:
+    """A torch.save-style archive whose one tensor is ``unpacked`` bytes of zeros, deflated: about
+    1/1000 of that on disk (torch's reader inflates deflated members)."""
+    import collections
+
+    import torch
+
+    numel = unpacked // 4
+    storage = object()
+
+    class Tensor:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (storage, 0, (numel,), (1,), False, collections.OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if obj is storage else None
+
+    pkl = io.BytesIO()
+    Pickler(pkl, protocol=2).dump({"conv1.weight": Tensor()})
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", pkl.getvalue())
+        z.writestr("archive/byteorder", "little")
+        with z.open("archive/data/0", "w", force_zip64=True) as f:
+            for _ in range(unpacked >> 20):
+                f.write(bytes(1 << 20))
+        z.writestr("archive/version", "3\n")
+    return out.getvalue()
+
+
+def _h5_bomb(unpacked: int) -> bytes:
+    """An HDF5 file (a Keras-style checkpoint) with one chunked, never written dataset of ``unpacked``
+    bytes: reading it materialises the fill value; the file is a few KB."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("conv1/kernel", shape=(unpacked // 4,), dtype="f4", chunks=(1 << 20,), compression="gzip")
+    return buf.getvalue()
+
+
+def _safetensors_bomb(copies: int) -> bytes:
+    """A safetensors header naming the same 1 MiB byte range ``copies`` times."""
+    data = bytes(1 << 20)
+    header = json.dumps({f"w{i}": {"dtype": "F32", "shape": [len(data) // 4], "data_offsets": [0, len(data)]}
+                         for i in range(copies)}).encode()
+    return len(header).to_bytes(8, "little") + header + data
+
+
+BOMB = ["bomb.pt", "decompression bomb", "CONVSCOPE_MAX_CHECKPOINT_EXPANSION"]
+
 BROKEN = {
     # kind: (file name, content builder, arch, words expected in the error)
     "truncated-torch-zip": ("half.pt", lambda: _resnet20_bytes()[:300_000], "resnet20", ["truncated or corrupt", "half.pt"]),
@@ -206,6 +259,11 @@ BROKEN = {
     "truncated-legacy-pickle": ("old.pt", lambda: pickle.dumps({"a": list(range(1000))}, protocol=2)[:200], "resnet20",
                                 ["old.pt"]),
     "empty": ("empty.pt", lambda: b"", "resnet20", ["empty", "0 bytes", "empty.pt"]),
+    # decompression bombs: refused from their declared sizes, before anything is unpacked (issue 14, item 1)
+    "zip-bomb": ("bomb.pt", lambda: _zip_bomb(256 << 20), "resnet20", BOMB),
+    "hdf5-bomb": ("bomb.pt", lambda: _h5_bomb(256 << 20), "resnet20", BOMB),
+    "safetensors-bomb": ("bomb.safetensors", lambda: _safetensors_bomb(300), "resnet20",
+                         ["bomb.safetensors", "decompression bomb", "CONVSCOPE_MAX_CHECKPOINT_EXPANSION"]),
     "wrong-architecture": ("r20.pt", lambda: _resnet20_bytes(), "resnet32", ["resnet32", "missing"]),
     "wrong-architecture-family": ("r20b.pt", lambda: _resnet20_bytes(), "cifar10-cnn", ["cifar10-cnn"]),
 }
@@ -224,6 +282,45 @@ def test_broken_checkpoints_fail_their_job_clearly_and_leave_nothing(sec, kind):
         assert w.lower() in job["error"].lower(), (w, job["error"])
     assert "Traceback" not in job["error"] and str(sec.settings.data_dir) not in job["error"]
     assert_nothing_left(sec, name)
+
+
+BOMB_CHECK = """
+import sys
+from pathlib import Path
+from precompute.sources import read_checkpoint
+from precompute.zoo import ModelError
+
+def peak():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) * 1024
+
+import h5py, safetensors.torch, torch  # every reader imported before the baseline
+before = peak()
+try:
+    read_checkpoint(Path(sys.argv[1]))
+    print("loaded")
+except ModelError as e:
+    print("refused:", e)
+print(peak() - before)
+"""
+
+
+@pytest.mark.parametrize("kind", ["zip", "hdf5"])
+def test_a_decompression_bomb_is_refused_before_anything_is_unpacked(tmp_path, kind):
+    """A 1 MB file that unpacks to 1 GiB (deflated zip members; an HDF5 dataset never written) is refused
+    from the sizes it declares: the reading process's peak memory does not grow by the bomb's size."""
+    import subprocess
+
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(_zip_bomb(1 << 30) if kind == "zip" else _h5_bomb(1 << 30))
+    assert path.stat().st_size < 2 << 20
+    p = subprocess.run([sys.executable, "-c", BOMB_CHECK, str(path)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    outcome, grown = p.stdout.strip().rsplit("\n", 1)
+    assert outcome.startswith("refused:") and "decompression bomb" in outcome, outcome
+    assert "CONVSCOPE_MAX_CHECKPOINT_EXPANSION" in outcome, outcome
+    assert int(re.search(r"declares? (\d+) bytes unpacked", outcome).group(1)) >= 1 << 30, outcome
+    assert int(grown) < 100 << 20, f"peak memory grew by {int(grown) >> 20} MiB while refusing the bomb"
 
 
 @pytest.mark.parametrize("filename", ["../../x.pt", "..\\..\\x.pt", "/etc/x.pt", "C:\\evil\\x.pt", "a/b.pt",
