@@ -193,6 +193,13 @@ def get_clusters(request: Request,
     return send(request, explorer(request).clusters_blob(pairs, k))
 
 
+@router.get("/findings", tags=["compare"], responses={200: {"description": "OK (with an ETag)"}},
+            summary="What the zoo shows, ranked: banding layers, strided symmetry drops, switched-off gammas, "
+                    "the colour axis of the first layer's SVD, trained models against their random twins")
+def get_findings(request: Request):
+    return send(request, explorer(request).findings_blob())
+
+
 # ---- experiments (server/experiments.py) ----------------------------------------------------------
 @router.get("/experiments", tags=["experiments"],
             summary="Experiments with precomputed variants (and the declared ones not trained yet)")
