@@ -36,6 +36,9 @@ from precompute.cache import Cache, CorruptEntry, ResultKey, canonical_json, dec
 from precompute.names import InvalidName, check_analysis_name, check_layer_name, check_model_name
 from precompute.settings import Settings
 
+from .findings import compute_findings, rgb_svd_layer
+from .layernames import human_names
+
 log = logging.getLogger("convscope.server")
 
 #: bodies at least this long are kept gzipped next to the plain bytes
@@ -105,6 +108,22 @@ def unknown(kind: str, name: str, known, where: str = "") -> str:
 def _listing(items, limit: int = 40) -> str:
     items = list(items)
     return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "") if items else "none"
+
+
+def nearest(name: str, known, n: int = 5) -> list[str]:
+    """The known names a person most likely meant by ``name``: difflib's closest first, then names that
+    contain it or that it contains (``vgg16`` -> ``vgg16-hed``); at most ``n``, each once."""
+    known = [str(k) for k in known]
+    low = {k.lower(): k for k in known}
+    text = str(name).lower()
+    out = [low[k] for k in difflib.get_close_matches(text, list(low), n=n, cutoff=0.5)]
+    if len(text) >= 2:
+        out += [k for k in known if text in k.lower() or (len(k) >= 2 and k.lower() in text)]
+    seen: list[str] = []
+    for k in out:
+        if k not in seen:
+            seen.append(k)
+    return seen[:n]
 
 
 # ---- bodies ---------------------------------------------------------------------------------------
@@ -260,6 +279,94 @@ class Explorer:
             raise NotFound(unknown("layer", layer, layers, model), known=layers)
         return rec, row
 
+    # ---- what a person is told when a link points at nothing --------------------------------------
+    def gone(self, model: str, layer: Optional[str] = None, neuron: Any = None) -> Optional[dict]:
+        """What is wrong with the page ``/models/model[/layers/layer[/neurons/neuron]]`` in words for
+        people: ``{"message", "near": [{"label", "url"}], "back": {"label", "url"}}`` (the nearest
+        matches, at most five, and one link back to the closest page that exists); None when it exists."""
+        names = self.model_names()
+        if model not in names:
+            return {"message": f"There is no model named {model!r} here.",
+                    "near": [{"label": m, "url": f"/models/{m}"} for m in nearest(model, names)],
+                    "back": {"label": "all models", "url": "/"}}
+        try:
+            rec = self.record(model)
+        except ExplorerError:
+            return None
+        if layer is None:
+            return None
+        mpage = f"/models/{model}"
+        row = rec["_rows"].get(layer)
+        if row is None:
+            human = self.human_names(model)
+            layers = [r["name"] for r in rec.get("inventory", [])]
+            by_human = {v: k for k, v in human.items()}
+            near = nearest(layer, layers) or [by_human[h] for h in nearest(layer, list(by_human))]
+            return {"message": f"{model} has no layer {layer!r}.",
+                    "near": [{"label": l + (f" ({human[l]})" if l in human else ""), "url": f"{mpage}/layers/{l}"}
+                             for l in near],
+                    "back": {"label": f"{model}: all {len(layers)} layers", "url": f"{mpage}#layers"}}
+        if neuron is None:
+            return None
+        lpage = f"{mpage}/layers/{layer}"
+        n = neuron_count(row)
+        back = {"label": f"layer {layer} of {model}", "url": lpage}
+        if not n:
+            return {"message": f"Layer {layer} of {model} is a {row.get('type')} layer: it has no neurons to show.",
+                    "near": [], "back": back}
+        text = str(neuron)
+        if not NEURON.fullmatch(text):
+            return {"message": f"{text[:40]!r} is not a neuron number: the neurons of layer {layer} are numbered "
+                               f"0 to {n - 1}.",
+                    "near": [{"label": "neuron 0", "url": f"{lpage}/neurons/0"}], "back": back}
+        i = int(text)
+        if 0 <= i < n:
+            return None
+        j = min(max(i, 0), n - 1)
+        return {"message": f"Layer {layer} of {model} has {n} neurons, numbered 0 to {n - 1}: there is no neuron {i}.",
+                "near": [{"label": f"neuron {j}", "url": f"{lpage}/neurons/{j}"}], "back": back}
+
+    def pair_problem(self, pair: str, analysis: str) -> Optional[str]:
+        """Why ``model:layer`` cannot be shown with a result of ``analysis``, in a short sentence (never the
+        list of everything that exists); None when it can."""
+        model, sep, layer = str(pair).partition(":")
+        if not sep or not model or not layer:
+            return f"{str(pair)[:80]!r} is not model:layer"
+        g = self.gone(model, layer)
+        if g is not None:
+            near = ", ".join(x["label"] for x in g["near"][:3])
+            return g["message"] + (f" Nearest: {near}." if near else "")
+        try:
+            rec = self.record(model)
+        except ExplorerError as e:
+            return e.message.split(". Known")[0]
+        if layer not in rec["analyses"].get(analysis, {}).get("layers", []):
+            row = rec["_rows"][layer]
+            why = {"nmf": "1×1, linear and BatchNorm layers have none", "histogram": "only conv and linear layers have one"}
+            return (f"layer {layer} of {model} (a {row.get('type')} layer) has no {analysis} result"
+                    + (f" ({why[analysis]})" if analysis in why else "") + ".")
+        return None
+
+    def check_pairs(self, pairs: Optional[str], analysis: str, limit: int = 16) -> tuple[list[str], list[dict]]:
+        """Split a comma-separated ``model:layer`` list from a URL into the pairs that can be shown (in
+        order, each once, at most ``limit``) and the ones that cannot, each with its reason."""
+        ok: list[str] = []
+        bad: list[dict] = []
+        for part in (pairs or "").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part in ok:
+                continue
+            why = self.pair_problem(part, analysis)
+            if why is None and len(ok) >= limit:
+                why = f"at most {limit} pairs are shown at once"
+            if why is None:
+                ok.append(part)
+            else:
+                bad.append({"pair": part[:120], "reason": why})
+        return ok, bad
+
     # ---- corrupt or missing entries ---------------------------------------------------------------
     def recover(self, model: str, corrupt: Optional[Path], why: str) -> None:
         """Discard a corrupt entry (``corrupt``), queue a ``precompute`` job for ``model`` that recomputes
@@ -335,7 +442,16 @@ class Explorer:
             "status": rec.get("status"), "created": rec.get("created"), "device": rec.get("device"),
             "seconds": rec.get("seconds"), "errors": public_errors(rec), "analyses": rec["analyses"],
             "inventory": rec.get("inventory", []), "scalars": rec["scalars"], "profiles": profiles(rec),
+            "human_names": self.human_names(model),
         }
+
+    def human_names(self, model: str) -> dict[str, str]:
+        """``{module path: human name}`` of the model's layers that have one (VGG16 ``28``: conv5_3)."""
+        rec = self.record(model)
+        hit = rec.get("_human")
+        if hit is None:
+            hit = rec["_human"] = human_names((rec.get("spec") or {}).get("arch"), rec.get("inventory", []))
+        return hit
 
     def model_blob(self, model: str) -> Blob:
         rec = self.record(model)
@@ -345,6 +461,36 @@ class Explorer:
             blob = Blob.of(self.model_detail(model))
             self._computed.put(key, blob)
         return blob
+
+    # ---- findings across the zoo ------------------------------------------------------------------
+    def findings_blob(self) -> Blob:
+        """The findings rankings (:func:`server.findings.compute_findings`) over every model in the cache,
+        computed once per set of record stamps."""
+        names = self.model_names()
+        stamps = tuple(_stamp(self.cache.model_path(n)) for n in names)
+        key = ("findings", stamps)
+        blob = self._computed.get(key)
+        if blob is None:
+            records, svds, human = {}, {}, {}
+            for n in names:
+                try:
+                    rec = self.record(n)
+                except ExplorerError:
+                    continue
+                records[n] = rec
+                human[n] = self.human_names(n)
+                layer = rgb_svd_layer(rec)
+                if layer:
+                    try:
+                        svds[n] = (layer, self.result_data(n, layer, "svd"))
+                    except ExplorerError:
+                        pass
+            blob = Blob.of(compute_findings(records, svds, human))
+            self._computed.put(key, blob)
+        return blob
+
+    def findings(self) -> dict:
+        return self.findings_blob().data
 
     # ---- layers ---------------------------------------------------------------------------------
     def layer_context(self, model: str, layer: str) -> dict:
@@ -366,6 +512,7 @@ class Explorer:
             "svd_consumers": svd_consumers,
             "prev": order[pos - 1] if pos > 0 else None, "next": order[pos + 1] if pos + 1 < len(order) else None,
             "neurons": neuron_count(row), "family": rec.get("spec", {}).get("family"),
+            "human": self.human_names(model).get(layer),
         }
 
     def layer_context_blob(self, model: str, layer: str) -> Blob:
@@ -484,6 +631,7 @@ class Explorer:
         kern = self._maybe(model, layer, "kernels")
         out["kernels"] = None if not kern else {
             "top_channels": kern["top_channels"][i], "kernels": kern["kernels"][i], "norms": kern["norms"][i]}
+        out["connections"] = self.connections(model, layer, i, ctx, kern)
         bn_layer = layer if ctx["row"].get("type") == "batchnorm" else ctx["bn"]
         bn = self._maybe(model, bn_layer, "batchnorm")
         out["batchnorm"] = None if not bn else {
@@ -505,6 +653,36 @@ class Explorer:
                     "layer": c, "v": s2["v"][i], "pca_v": (s2.get("pca", {}).get("v") or [None] * (i + 1))[i],
                     "property": {"name": prop.get("name"), "value": vals[i] if i < len(vals) else None}})
         return out
+
+    def connections(self, model: str, layer: str, i: int, ctx: dict, kern: Optional[dict], top: int = 8) -> dict:
+        """The neuron's strongest connections, as Microscope shows them: ``incoming``, its input channels
+        with the largest kernel norm ‖W[i, c]‖ (neurons of the feeder layer, linked when the feeder's
+        outputs are this layer's inputs one to one); ``outgoing``, per consumer layer, the neurons j of
+        that layer whose strongest input channels include this one, by ‖W_next[j, i]‖. From the
+        ``kernels`` results (each keeps a neuron's ``top`` strongest input channels)."""
+        rec = self.record(model)
+        rows = rec["_rows"]
+        feeder = ctx.get("feeds_from")
+        frow = rows.get(feeder) if feeder else None
+        linked = bool(frow) and neuron_count(frow) == ctx["row"].get("in_channels")
+        incoming = []
+        if kern:
+            for c, nrm in zip(kern["top_channels"][i], kern["norms"][i]):
+                incoming.append({"channel": c, "norm": nrm, "layer": feeder if linked else None,
+                                 "url": f"/models/{model}/layers/{feeder}/neurons/{c}" if linked else None})
+        outgoing = []
+        for cons in ctx.get("consumers", []):
+            ck = self._maybe(model, cons, "kernels")
+            if not ck:
+                continue
+            hits = [(j, ck["norms"][j][t]) for j, chans in enumerate(ck["top_channels"]) for t, c in enumerate(chans) if c == i]
+            hits.sort(key=lambda h: -h[1])
+            outgoing.append({"layer": cons, "human": self.human_names(model).get(cons), "neurons": len(ck["top_channels"]),
+                             "top": len(ck["top_channels"][0]) if ck["top_channels"] else 0,
+                             "units": [{"neuron": j, "norm": nrm, "url": f"/models/{model}/layers/{cons}/neurons/{j}"}
+                                       for j, nrm in hits[:top]], "count": len(hits)})
+        return {"feeder": feeder, "feeder_human": self.human_names(model).get(feeder) if feeder else None,
+                "linked": linked, "incoming": incoming, "outgoing": outgoing}
 
     @staticmethod
     def neuron_index(model: str, layer: str, row: dict, i: Any) -> int:

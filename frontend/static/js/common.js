@@ -3,6 +3,7 @@
 
 const CS = (() => {
   const boot = JSON.parse(document.getElementById("boot").textContent || "{}");
+  const CS_CONTEXT = { model: boot.model, layer: boot.layer, human: (boot.context || {}).human };
   const $ = (sel, root) => (root || document).querySelector(sel);
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
   const enc = encodeURIComponent;
@@ -105,8 +106,24 @@ const CS = (() => {
       return /[",\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
     }).join(",")).join("\n") + "\n";
   }
-  function plotPNG(div) {
-    return Plotly.toImage(div, { format: "png", scale: 2, width: div.clientWidth || 800, height: div.clientHeight || 450 });
+  /** The Plotly figure as a PNG: at least 900 px wide (a phone's 360 px plot is redrawn wider), scale 2,
+   *  with `title` on top; the figure's own traces, axes and keys (what the user sees, not a copy). */
+  function plotPNG(div, title) {
+    const width = Math.max(div.clientWidth || 0, 900), height = Math.max(div.clientHeight || 0, 380) + (title ? 44 : 0);
+    const lay = Object.assign({}, div.layout, { width, height, paper_bgcolor: "#ffffff" });
+    if (title) {
+      const m = Object.assign({}, div.layout.margin || {});
+      m.t = (m.t || 12) + 44;
+      lay.margin = m;
+      lay.title = { text: escapeHTML(title), x: 0.01, xanchor: "left", y: 0.985, yanchor: "top", font: { size: 15, color: "#101828" } };
+    }
+    return Plotly.toImage({ data: div.data, layout: lay }, { format: "png", scale: 2, width, height });
+  }
+  /** The title an export carries: the figure's heading and what it shows (model, layer). */
+  function figureTitle(root, name) {
+    const h = root.querySelector(".figure-head h3");
+    const what = (CS_CONTEXT.model ? CS_CONTEXT.model + (CS_CONTEXT.layer ? " · " + CS_CONTEXT.layer + (CS_CONTEXT.human ? " (" + CS_CONTEXT.human + ")" : "") : "") : "");
+    return [h ? h.textContent.trim() : name, what].filter(Boolean).join(" — ");
   }
   /** Wire the PNG / CSV / JSON buttons of figure `#fig-<id>`. handlers: {png(): Promise<dataURL>,
    *  csv(): rows, json(): object}; `name` is the file stem. A JSON <a> keeps its API href. */
@@ -123,7 +140,7 @@ const CS = (() => {
       el.onclick = async (ev) => {
         ev.preventDefault();
         try {
-          if (kind === "png") download(await handlers.png(), safe(name) + ".png");
+          if (kind === "png") download(await handlers.png(figureTitle(root, name)), safe(name) + ".png");
           else if (kind === "csv") downloadText(csv(handlers.csv()), safe(name) + ".csv", "text/csv");
           else if (kind === "json") downloadText(JSON.stringify(handlers.json(), null, 1), safe(name) + ".json", "application/json");
         } catch (e) { toast("Export failed: " + e.message); }
@@ -158,7 +175,10 @@ const CS = (() => {
   }
   /** the diverging scale of the canvases (blue negative, white zero, red positive) for Plotly */
   const rdbu = [[0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1, "#b2182b"]];
-  const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d", "toImage"] };
+  // on a phone the toolbar would sit on the chart's title: no toolbar there (the PNG button exports)
+  const narrow = window.matchMedia && window.matchMedia("(max-width: 700px)").matches;
+  const config = { displaylogo: false, responsive: true, displayModeBar: narrow ? false : "hover",
+    modeBarButtonsToRemove: ["lasso2d", "select2d", "toImage"] };
   // Plotly (4.8 MB) is loaded on demand, after `gate` (the layer page draws its neuron grid first).
   let plotlyPromise = null, gate = Promise.resolve();
   function plotly() {
@@ -166,9 +186,11 @@ const CS = (() => {
     if (!plotlyPromise) {
       plotlyPromise = gate.catch(() => null).then(() => new Promise((resolve, reject) => {
         const s = document.createElement("script");
-        s.src = "/vendor/plotly.min.js";
+        // the versioned URL (long-lived caching) from the page head, else the plain one
+        const meta = document.querySelector('meta[name="convscope-plotly"]');
+        s.src = (meta && meta.content) || "/vendor/plotly.min.js";
         s.onload = () => resolve(window.Plotly);
-        s.onerror = () => reject(new Error("could not load /vendor/plotly.min.js"));
+        s.onerror = () => reject(new Error("could not load " + s.src));
         document.head.appendChild(s);
       }));
     }
@@ -237,11 +259,76 @@ const CS = (() => {
       const p = r * cols + c;
       return p >= 0 && p < n ? { neuron: order[p], position: p } : null;
     };
-    return { cols, cell: cw, gap, scale, hit };
+    return { cols, cell: cw, cellH: ch, gap, scale, hit, order };
   }
-  /** Hover tooltip and click navigation for a grid drawn by drawGrid. */
+  /** Hover tooltip and click navigation for a grid drawn by drawGrid; keyboard access: the canvas is
+   *  focusable, arrow keys (and Home/End, PageUp/PageDown) move a cursor over the cells in the drawn
+   *  order, Enter opens the neuron under it; the cursor's neuron is announced (aria-live). */
   function bindGrid(canvas, getGrid, describe, href) {
     const tip = $("#tooltip");
+    canvas.tabIndex = 0;
+    canvas.setAttribute("role", "application");
+    canvas.setAttribute("aria-roledescription", "neuron grid");
+    if (!canvas.getAttribute("aria-label")) canvas.setAttribute("aria-label", "neuron grid: arrow keys move between neurons, Enter opens one");
+    const host = canvas.parentElement;
+    host.classList.add("grid-host");
+    const cursor = document.createElement("div");
+    cursor.className = "grid-cursor";
+    cursor.hidden = true;
+    host.appendChild(cursor);
+    const live = document.createElement("div");
+    live.className = "sr-only";
+    live.setAttribute("aria-live", "polite");
+    host.appendChild(live);
+    let at = -1;
+    function show(p) {
+      const g = getGrid();
+      if (!g) return;
+      const n = Number(canvas.dataset.count);
+      at = Math.max(0, Math.min(n - 1, p));
+      const sx = canvas.clientWidth / canvas.width, sy = canvas.clientHeight / canvas.height;
+      const x = (at % g.cols) * (g.cell + g.gap) * sx, y = Math.floor(at / g.cols) * (g.cellH + g.gap) * sy;
+      cursor.style.left = canvas.offsetLeft + x - 2 + "px";
+      cursor.style.top = canvas.offsetTop + y - 2 + "px";
+      cursor.style.width = g.cell * sx + 4 + "px";
+      cursor.style.height = g.cellH * sy + 4 + "px";
+      cursor.hidden = false;
+      canvas.dataset.cursor = String(at);
+      const h = { neuron: g.order[at], position: at };
+      canvas.dataset.cursorNeuron = String(h.neuron);
+      const text = describe(h);
+      live.innerHTML = text;
+      const box = cursor.getBoundingClientRect();
+      tip.innerHTML = text;
+      tip.hidden = false;
+      tip.style.left = Math.min(box.right + 8, window.innerWidth - tip.offsetWidth - 8) + "px";
+      tip.style.top = box.top + "px";
+      // keep the cursor in view inside a scrolled grid
+      const top = canvas.offsetTop + y, bottom = top + g.cellH * sy;
+      if (top < host.scrollTop) host.scrollTop = top - 8;
+      else if (bottom > host.scrollTop + host.clientHeight) host.scrollTop = bottom - host.clientHeight + 8;
+    }
+    canvas.addEventListener("focus", () => { if (getGrid()) show(at < 0 ? 0 : at); });
+    canvas.addEventListener("blur", () => { cursor.hidden = true; tip.hidden = true; });
+    canvas.addEventListener("keydown", (ev) => {
+      const g = getGrid();
+      if (!g) return;
+      const n = Number(canvas.dataset.count), rows = Math.ceil(n / g.cols);
+      const page = g.cols * Math.max(1, Math.floor(host.clientHeight / (g.cellH + g.gap)) - 1);
+      const moves = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: g.cols, ArrowUp: -g.cols, PageDown: page, PageUp: -page };
+      if (ev.key in moves) {
+        ev.preventDefault();
+        const next = at + moves[ev.key];
+        if ((ev.key === "ArrowDown" || ev.key === "ArrowUp") && (next < 0 || next >= n)) return void rows;
+        show(next);
+      } else if (ev.key === "Home") { ev.preventDefault(); show(0); }
+      else if (ev.key === "End") { ev.preventDefault(); show(n - 1); }
+      else if (ev.key === "Enter" && at >= 0) {
+        ev.preventDefault();
+        tip.hidden = true;
+        location.href = href({ neuron: g.order[at], position: at });
+      }
+    });
     canvas.onmousemove = (ev) => {
       const g = getGrid();
       const h = g && g.hit(ev.offsetX, ev.offsetY);
@@ -310,6 +397,63 @@ const CS = (() => {
     });
     return out.toDataURL("image/png");
   }
+  /** A PNG of one or more neuron grids at a resolution where every kernel position is visible (at least
+   *  4 px per position, cells of at least 28 px), each neuron numbered under its cell, with a title, a
+   *  heading per grid and a key that says what a cell is. panels: [{title, subtitle, images, order}]. */
+  function gridsPNG(panels, opts) {
+    opts = opts || {};
+    const W = opts.width || 1600, pad = 28, gap = 3, lab = 12, head = 44;
+    const ink = "#101828", grey = "#475467", font = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+    const geo = panels.map((p) => {
+      const kh = p.images[0].length, kw = p.images[0][0].length;
+      const scale = Math.max(4, Math.ceil(28 / Math.max(kh, kw)));
+      const cw = kw * scale, ch = kh * scale, n = p.order.length;
+      const cols = Math.max(1, Math.min(n, Math.floor((W - 2 * pad - 20 + gap) / (cw + gap))));
+      const rows = Math.ceil(n / cols);
+      return { kh, kw, scale, cw, ch, n, cols, rows, h: head + 20 + rows * (ch + lab + gap) + 16 };
+    });
+    const keyH = 70, titleH = opts.title ? 46 : 16;
+    const out = document.createElement("canvas");
+    out.width = W;
+    out.height = titleH + geo.reduce((a, g) => a + g.h + 12, 0) + keyH;
+    const ctx = out.getContext("2d");
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, out.width, out.height);
+    ctx.imageSmoothingEnabled = false;
+    if (opts.title) { ctx.fillStyle = ink; ctx.font = `600 20px ${font}`; ctx.fillText(opts.title, pad, 32); }
+    let y0 = titleH;
+    panels.forEach((p, k) => {
+      const g = geo[k];
+      ctx.fillStyle = ink; ctx.font = `600 15px ${font}`; ctx.fillText(p.title || "", pad, y0 + 20);
+      ctx.fillStyle = grey; ctx.font = `13px ${font}`; ctx.fillText(p.subtitle || "", pad, y0 + 38);
+      const bx = pad, by = y0 + head, bw = g.cols * (g.cw + gap) - gap + 20, bh = g.rows * (g.ch + lab + gap) + 14;
+      ctx.fillStyle = "#0b1020"; ctx.fillRect(bx, by, bw, bh);
+      ctx.font = `10px ${font}`; ctx.textAlign = "center";
+      const img = document.createElement("canvas");
+      img.width = g.kw; img.height = g.kh;
+      p.order.forEach((j, q) => {
+        const x = bx + 10 + (q % g.cols) * (g.cw + gap), y = by + 8 + Math.floor(q / g.cols) * (g.ch + lab + gap);
+        drawRGB(img, p.images[j]);
+        ctx.drawImage(img, x, y, g.cw, g.ch);
+        ctx.fillStyle = "#cbd5e1";
+        ctx.fillText(String(j), x + g.cw / 2, y + g.ch + 10);
+      });
+      ctx.textAlign = "left";
+      y0 += g.h + 12;
+    });
+    // the key
+    ctx.fillStyle = ink; ctx.font = `600 13px ${font}`; ctx.fillText("Key", pad, y0 + 18);
+    ctx.font = `12.5px ${font}`; ctx.fillStyle = grey;
+    const g0 = geo[0] || { kh: 3, kw: 3 };
+    if (opts.rgbKey) {
+      ctx.fillText(`Each cell is one first-layer filter, ${g0.kh}×${g0.kw}, in colour: its weights on input channels 0, 1, 2 shown as red, green, blue,`, pad, y0 + 38);
+      ctx.fillText("each filter scaled by its own largest |w| (mid grey = 0); in sorted order; the number under a cell is the neuron's index.", pad, y0 + 56);
+    } else {
+      ctx.fillText(`Each cell is one neuron's reduced form: its ${g0.kh}×${g0.kw} kernel positions coloured by the 3 NMF factors of [max(W,0), max(−W,0)] over input channels`, pad, y0 + 38);
+      ctx.fillText("(factor 1 red, 2 green, 3 blue; colours aligned across the layer), in sorted order; the number under a cell is the neuron's index.", pad, y0 + 56);
+    }
+    return out.toDataURL("image/png");
+  }
   /** x range covering the non-empty bins of step traces (shared bins are wide; the weights are not). */
   function occupiedRange(traces) {
     let lo = Infinity, hi = -Infinity;
@@ -318,16 +462,74 @@ const CS = (() => {
     const pad = 0.06 * (hi - lo || 1);
     return [lo - pad, hi + pad];
   }
+  /** Sort a table by clicking its headers (th[data-sort=num|text]; a cell's data-value, else its text);
+   *  a second click reverses. aria-sort marks the sorted column. Returns {sort(col, dir)}. */
+  function sortableTable(table, onSort) {
+    const ths = $$("thead th", table);
+    const key = (td, kind) => {
+      const v = td ? (td.dataset.value !== undefined ? td.dataset.value : td.textContent.trim()) : "";
+      if (kind !== "num") return v.toLowerCase();
+      return v === "" || isNaN(Number(v)) ? null : Number(v);
+    };
+    function sort(col, dir) {
+      const kind = ths[col].dataset.sort;
+      const body = table.tBodies[0];
+      const rows = Array.from(body.rows);
+      rows.sort((a, b) => {
+        const x = key(a.cells[col], kind), y = key(b.cells[col], kind);
+        if (x === null && y === null) return 0;
+        if (x === null) return 1;  // blanks last either way
+        if (y === null) return -1;
+        return (x < y ? -1 : x > y ? 1 : 0) * (dir === "ascending" ? 1 : -1);
+      });
+      rows.forEach((r) => body.appendChild(r));
+      ths.forEach((t, i) => { if (i === col) t.setAttribute("aria-sort", dir); else t.removeAttribute("aria-sort"); });
+      if (onSort) onSort(col, dir);
+    }
+    ths.forEach((th, i) => {
+      if (!th.dataset.sort) return;
+      th.tabIndex = 0;
+      th.classList.add("sort-head");
+      const go = () => sort(i, th.getAttribute("aria-sort") === "descending" ? "ascending" : "descending");
+      th.addEventListener("click", go);
+      th.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); go(); } });
+    });
+    return { sort };
+  }
+  /** The visible rows of a table as CSV rows (header first; a cell's data-value where it has one). */
+  function tableRows(table) {
+    const head = $$("thead th", table).map((t) => t.textContent.trim());
+    const rows = Array.from(table.tBodies[0].rows).filter((r) => !r.hidden)
+      .map((r) => Array.from(r.cells).map((c) => (c.dataset.value !== undefined ? c.dataset.value : c.textContent.trim().replace(/\s+/g, " "))));
+    return [head].concat(rows);
+  }
   function fmt(v, d) { return v === null || v === undefined || Number.isNaN(v) ? "—" : Number(v).toFixed(d === undefined ? 3 : d); }
   function debounce(fn, ms) { let t; return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); }; }
+
+  // ---- figure anchors (#fig-svd): land on them once the page has drawn ------------------------------
+  // The browser scrolls to the anchor at load, before the grid and the charts above it have their
+  // height; once the page says it is ready (body[data-ready=1]) scroll there again, unless the reader
+  // has scrolled by then.
+  let userScrolled = false;
+  ["wheel", "touchmove", "keydown", "mousedown"].forEach((t) => window.addEventListener(t, () => { userScrolled = true; }, { once: true, passive: true }));
+  function landOnAnchor() {
+    const id = decodeURIComponent(location.hash.slice(1));
+    const target = id && document.getElementById(id);
+    if (!target || userScrolled) return;
+    target.scrollIntoView({ block: "start" });
+    document.body.dataset.landed = id;
+  }
+  new MutationObserver(() => {
+    if (document.body.dataset.ready === "1" && !document.body.dataset.landed) requestAnimationFrame(landOnAnchor);
+  }).observe(document.documentElement, { attributes: true, subtree: true, attributeFilter: ["data-ready"] });
 
   document.addEventListener("DOMContentLoaded", () => {
     const b = document.getElementById("copy-link");
     if (b) b.addEventListener("click", copyLink);
-    if (!boot.page || boot.page === "apidocs") document.body.dataset.ready = "1";
+    if (!boot.page || ["apidocs", "jobs", "error"].includes(boot.page)) document.body.dataset.ready = "1";
   });
 
   return { boot, $, $$, api, urls, enc, toast, copyLink, query, setQuery, onPop, download, downloadText, csv, safe,
     plotPNG, figure, showError, escapeHTML, palette, rdbu, layout, config, plot, plotly, plotAfter, drawGrid, bindGrid, drawRGB, drawHeat,
-    diverging, composePNG, occupiedRange, fmt, debounce };
+    diverging, composePNG, gridsPNG, sortableTable, tableRows, occupiedRange, fmt, debounce };
 })();

@@ -4,10 +4,12 @@
   const el = (id) => document.getElementById(id);
   const allModels = CS.boot.models || [];
   const DEFAULTS = { pairs: "", k: "8", x: "depth" };
+  let kNote = "";
   function read(q) {
     const s = Object.assign({}, DEFAULTS, q);
     const k = parseInt(s.k, 10);
     s.k = String(isNaN(k) ? 8 : Math.max(4, Math.min(19, k)));
+    kNote = q.k !== undefined && String(q.k) !== s.k ? `k=${String(q.k).slice(0, 20)} is not a cluster count this page offers (4 to 19); showing k = ${s.k}.` : "";
     if (!["depth", "index"].includes(s.x)) s.x = "depth";
     return { pairs: s.pairs, k: s.k, x: s.x };
   }
@@ -71,22 +73,29 @@
   async function renderGrids(pairs) {
     const box = el("compare-grids");
     box.innerHTML = "";
-    nmfs = await Promise.all(pairs.map(async (p) => { const [m, l] = split(p); return (await CS.api(CS.urls.result(m, l, "nmf"))).data; }));
+    const got = await Promise.allSettled(pairs.map(async (p) => { const [m, l] = split(p); return (await CS.api(CS.urls.result(m, l, "nmf"))).data; }));
+    nmfs = got.map((g) => (g.status === "fulfilled" ? g.value : null));
     const width = pairs.length > 1 ? Math.max(260, Math.floor((box.clientWidth - 16 * (Math.min(pairs.length, 3) - 1)) / Math.min(pairs.length, 3)) - 24) : box.clientWidth - 24;
     pairs.forEach((p, i) => {
       const [m, l] = split(p);
       const wrap = document.createElement("div");
       wrap.className = "compare-grid";
+      if (!nmfs[i]) {
+        wrap.innerHTML = `<h4><span class="swatch" style="background:${colour(i)}"></span>${CS.escapeHTML(m)} · ${CS.escapeHTML(l)}</h4><div class="error-text">${CS.escapeHTML(got[i].reason.message.split(". Known")[0])}</div>`;
+        box.appendChild(wrap);
+        return;
+      }
       wrap.innerHTML = `<h4><span class="swatch" style="background:${colour(i)}"></span>${CS.escapeHTML(m)} · ${CS.escapeHTML(l)} <span class="muted">(${nmfs[i].order.length}, banding ${CS.fmt(nmfs[i].banding_index, 2)})</span></h4><div class="grid-wrap"><canvas class="neuron-grid"></canvas></div>`;
       box.appendChild(wrap);
       const canvas = wrap.querySelector("canvas");
       const g = CS.drawGrid(canvas, nmfs[i].images, nmfs[i].order, { cell: "m", width });
       CS.bindGrid(canvas, () => g, (h) => `${CS.escapeHTML(m)} · ${CS.escapeHTML(l)} · neuron <b>${h.neuron}</b>`, (h) => CS.urls.neuronPage(m, l, h.neuron));
     });
+    const lp = pairs.filter((_, i) => nmfs[i]), ln = nmfs.filter(Boolean);
     CS.figure("grids", "compare_grids", {
-      png: async () => CS.composePNG(CS.$$("canvas", box), pairs, { size: 300, cols: Math.min(3, pairs.length), bg: "#0b1020" }),
-      csv: () => [["pair", "position", "neuron", "error"]].concat(pairs.flatMap((p, i) => nmfs[i].order.map((j, q) => [p, q, j, (nmfs[i].error || [])[j]]))),
-      json: () => ({ pairs, nmf: nmfs.map((n) => ({ order: n.order, banding_index: n.banding_index })) }),
+      png: async () => CS.gridsPNG(ln.map((n, i) => ({ title: `${i + 1}. ${lp[i]}`, subtitle: `${n.order.length} neurons · banding index ${CS.fmt(n.banding_index, 3)}`, images: n.images, order: n.order })), { title: "Neuron grids (NMF reduced forms)" }),
+      csv: () => [["pair", "position", "neuron", "error"]].concat(lp.flatMap((p, i) => ln[i].order.map((j, q) => [p, q, j, (ln[i].error || [])[j]]))),
+      json: () => ({ pairs: lp, nmf: ln.map((n) => ({ order: n.order, banding_index: n.banding_index, kernel: n.kernel, error: n.error })) }),
     });
   }
 
@@ -196,7 +205,9 @@
     try {
       await renderGrids(pairs);
       if (seq !== renderSeq) return;
-      await Promise.all([renderClusters(pairs), renderProfiles(pairs), renderHistograms(pairs)]);
+      const live = pairs.filter((_, i) => nmfs[i]);  // a pair whose data did not load is said in its cell
+      nmfs = nmfs.filter(Boolean);
+      if (live.length) await Promise.all([renderClusters(live), renderProfiles(live), renderHistograms(live)]);
     } catch (e) { CS.toast(e.message); }
     CS.figure("clusters", "compare_clusters", {
       png: () => CS.plotPNG(el("plot-clusters")),
@@ -205,9 +216,28 @@
     if (seq === renderSeq) document.body.dataset.ready = "1";
   }
 
+  /** A shared link whose pairs partly no longer exist: show the ones that do, say which are gone. */
+  function sayGone() {
+    const gone = CS.boot.pairs_gone || [];
+    const box = el("pairs-gone");
+    const notes = [];
+    if (gone.length) {
+      const ok = CS.boot.pairs_ok || [];
+      notes.push(`<b>Part of this link is gone.</b> ${ok.length ? `Showing the ${ok.length === 1 ? "pair that still exists" : ok.length + " pairs that still exist"}; left out:` : "None of its pairs exist here now:"}<ul>` +
+        gone.map((g) => `<li><code>${CS.escapeHTML(g.pair)}</code>: ${CS.escapeHTML(g.reason)}</li>`).join("") + "</ul>");
+      state.pairs = ok.join(",");
+    }
+    if (kNote) notes.push(CS.escapeHTML(kNote));
+    box.innerHTML = notes.join("<br>");
+    box.hidden = !notes.length;
+    return gone.length > 0 || !!kNote;
+  }
+
   (async () => {
     await setupEditor();
-    if (!state.pairs && allModels.length) {
+    const fixed = sayGone();
+    if (fixed) push({}, true);  // the URL now names only what is shown
+    else if (!state.pairs && !CS.boot.pairs_given && allModels.length) {
       state.pairs = await defaults();
       push({}, true);
     } else render();

@@ -2,6 +2,9 @@
  * fc-spatial. View parameters live in the query string:
  *   cell=s|m|l  ylog=1  abslog=1  overlay=model:layer,...  svd=svd|pca  cx=0  cy=1
  *   colour=<feeder property of the SVD scatter: norm|colourfulness|branch; absent: the result's default>
+ *   view=rgb|nmf (the grid of an RGB first layer: its filters in colour, the default, or the NMF forms)
+ * A value the page cannot show (an overlay that is gone, cx=99 of 8 components) is dropped from the URL
+ * (replaced, no history entry) and said in a short note beside its figure.
  * Controls push a history entry; back/forward restore the view (popstate). */
 "use strict";
 (() => {
@@ -11,17 +14,38 @@
   const stem = (s) => `${model}_${layer}_${s}`;
   const el = (id) => document.getElementById(id);
 
-  const DEFAULTS = { cell: "m", ylog: "", abslog: "", overlay: "", svd: "svd", cx: "0", cy: "1", colour: "" };
+  // an RGB first layer (3 input channels, fed by the image) is shown as its filters in colour first
+  const RGB = C.row.type === "conv" && C.row.in_channels === 3 && !C.feeds_from && has("kernels");
+  const DEFAULTS = { cell: "m", ylog: "", abslog: "", overlay: "", svd: "svd", cx: "0", cy: "1", colour: "", view: RGB ? "rgb" : "nmf" };
   function read(q) {
     const s = Object.assign({}, DEFAULTS);
     Object.keys(DEFAULTS).forEach((k) => { if (q[k] !== undefined) s[k] = q[k]; });
     if (!["s", "m", "l"].includes(s.cell)) s.cell = "m";
     if (!["svd", "pca"].includes(s.svd)) s.svd = "svd";
+    if (!["rgb", "nmf"].includes(s.view) || !RGB) s.view = DEFAULTS.view;
     s.ylog = s.ylog === "1" ? "1" : "";
     s.abslog = s.abslog === "1" ? "1" : "";
     return s;
   }
   let state = read(CS.query());
+  // overlays of a shared link that no longer exist: dropped from the URL, said beside the histogram
+  const overlayGone = CS.boot.overlay_gone || [];
+  if (overlayGone.length) {
+    const goneSet = new Set(overlayGone.map((g) => g.pair));
+    state.overlay = state.overlay.split(",").filter((p) => p && !goneSet.has(p)).join(",");
+    replaceURL();
+  }
+  function replaceURL() {
+    const q = {};
+    Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k]) q[k] = state[k]; });
+    CS.setQuery(q, { replace: true });
+  }
+  function note(id, html) {
+    const n = el(id);
+    if (!n) return;
+    n.innerHTML = html || "";
+    n.hidden = !html;
+  }
   function push(changes) {
     state = Object.assign({}, state, changes);
     const q = {};
@@ -32,12 +56,27 @@
   CS.onPop((q) => { state = read(q); render(); });
 
   // ---- neuron grid -------------------------------------------------------------------------
-  let grid = null, nmf = null;
+  let grid = null, nmf = null, rgb = null;
+  /** The RGB first layer's filters as images [N][kh][kw][3]: each filter scaled by its own largest |w|,
+   *  0.5 grey for zero (channel c of the input shown as colour c). From the kernels result, which keeps
+   *  every input channel of a 3-channel layer. */
+  async function rgbImages() {
+    if (rgb) return rgb;
+    const k = (await CS.api(CS.urls.result(model, layer, "kernels"))).data;
+    rgb = k.kernels.map((ks, n) => {
+      const byCh = [0, 1, 2].map((c) => ks[k.top_channels[n].indexOf(c)]);
+      const m = Math.max(...byCh.flat(2).map(Math.abs)) || 1;
+      return byCh[0].map((row, y) => row.map((_, x) => byCh.map((kc) => 0.5 + 0.5 * kc[y][x] / m)));
+    });
+    return rgb;
+  }
+  function gridImages() { return state.view === "rgb" && rgb ? rgb : nmf.images; }
   function drawNeuronGrid() {
     if (!nmf) return;
     const canvas = el("neuron-grid");
     const t0 = performance.now();
-    grid = CS.drawGrid(canvas, nmf.images, nmf.order, { cell: state.cell, width: el("plot-grid").clientWidth - 20 });
+    grid = CS.drawGrid(canvas, gridImages(), nmf.order, { cell: state.cell, width: el("plot-grid").clientWidth - 20 });
+    canvas.dataset.view = state.view === "rgb" && rgb ? "rgb" : "nmf";
     canvas.dataset.drawMs = String(Math.round(performance.now() - t0));
     canvas.dataset.shownAt = String(Math.round(performance.now()));
   }
@@ -45,8 +84,10 @@
     const canvas = el("neuron-grid");
     try {
       nmf = (await CS.api(CS.urls.result(model, layer, "nmf"))).data;
+      if (RGB) await rgbImages().catch(() => null);
     } catch (e) { CS.showError("plot-grid", e); return; }
     drawNeuronGrid();
+    showView();
     const errs = nmf.error || [];
     const median = errs.length ? errs.slice().sort((a, b) => a - b)[Math.floor(errs.length / 2)] : null;
     el("grid-stats").innerHTML = `<span><b>${nmf.order.length}</b> neurons</span><span>banding index <b>${CS.fmt(nmf.banding_index, 3)}</b></span>` +
@@ -57,11 +98,43 @@
       (h) => CS.urls.neuronPage(model, layer, h.neuron));
     window.addEventListener("resize", CS.debounce(drawNeuronGrid, 150));
     el("grid-cell").onchange = (ev) => push({ cell: ev.target.value });
-    CS.figure("grid", stem("neuron_grid"), {
-      png: async () => canvas.toDataURL("image/png"),
+    if (el("grid-view")) el("grid-view").onchange = (ev) => push({ view: ev.target.value });
+    setupGoTo();
+    setupGridList();
+    CS.figure("grid", stem(state.view === "rgb" ? "filters_rgb" : "neuron_grid"), {
+      png: async (title) => CS.gridsPNG([{ title: (state.view === "rgb" && rgb ? "RGB filters" : "NMF reduced forms") + ` of ${model} · ${layer}${C.human ? " (" + C.human + ")" : ""}`,
+        subtitle: `${nmf.order.length} neurons, sorted by similarity · banding index ${CS.fmt(nmf.banding_index, 3)}`, images: gridImages(), order: nmf.order }],
+        { title, rgbKey: state.view === "rgb" && !!rgb }),
       csv: () => [["position", "neuron", "error", "energy"]].concat(nmf.order.map((j, p) => [p, j, (nmf.error || [])[j], (nmf.energy || [])[j]])),
     });
     void pos;
+  }
+  function showView() {
+    if (!el("grid-view")) return;
+    el("grid-view").value = state.view;
+    CS.$$("[data-view-caption]").forEach((c) => { c.hidden = c.dataset.viewCaption !== (state.view === "rgb" && rgb ? "rgb" : "nmf"); });
+  }
+  /** "Go to neuron": a number in 0..N-1 opens that neuron's page; anything else says what is valid. */
+  function setupGoTo() {
+    const f = el("goto-form");
+    if (!f) return;
+    f.onsubmit = (ev) => {
+      ev.preventDefault();
+      const v = el("goto-neuron").value.trim(), n = C.neurons;
+      if (!/^[0-9]+$/.test(v) || Number(v) >= n) { note("goto-note", `neurons are numbered 0 to ${n - 1}`); return; }
+      location.href = CS.urls.neuronPage(model, layer, Number(v));
+    };
+  }
+  /** The text alternative of the grid: every neuron as a link, in the grid's order (built when opened). */
+  function setupGridList() {
+    const d = el("grid-list");
+    if (!d) return;
+    d.addEventListener("toggle", () => {
+      if (!d.open || d.dataset.built) return;
+      d.dataset.built = "1";
+      const err = nmf.error || [];
+      el("grid-list-items").innerHTML = nmf.order.map((j, p) => `<li><a href="${CS.urls.neuronPage(model, layer, j)}">neuron ${j}</a> <span class="muted">#${p + 1}, NMF error ${CS.fmt(err[j])}</span></li>`).join("");
+    });
   }
 
   // ---- mean kernel -------------------------------------------------------------------------
@@ -85,7 +158,7 @@
         text: `<b>S = ${d.score.toFixed(3)}</b>${d.strided ? " · strided*" : ""}${d.uneven_padding ? " · <span style='color:#f97316'>uneven padding</span>" : ""}`, font: { size: 13 } }],
     });
     CS.figure("symmetry", stem("mean_kernel"), {
-      png: () => CS.plotPNG(el("plot-symmetry")),
+      png: (t) => CS.plotPNG(el("plot-symmetry"), t),
       csv: () => [["row"].concat(K[0].map((_, j) => "col" + j))].concat(K.map((r, i) => [i].concat(r))).concat([[], ["score", d.score]]).concat(names.map((n) => [n, d.distances[n]])),
     });
   }
@@ -117,8 +190,9 @@
     const ov = overlays();
     const datas = [];
     for (const p of ov) {
-      try { if (!overlayData.has(p)) overlayData.set(p, await histOf(p)); datas.push([p, overlayData.get(p)]); } catch (e) { CS.toast(`overlay ${p}: ${e.message}`); }
+      try { if (!overlayData.has(p)) overlayData.set(p, await histOf(p)); datas.push([p, overlayData.get(p)]); } catch (e) { CS.toast(`overlay ${p}: ${e.message.split(". Known")[0]}`); }
     }
+    note("ov-note", overlayGone.length ? `Left out of this link's overlays (gone): ` + overlayGone.map((g) => `<code>${CS.escapeHTML(g.pair)}</code> (${CS.escapeHTML(g.reason)})`).join("; ") : "");
     const traces = [histTrace(histMain, `${model}:${layer}`, CS.palette[0], true)].concat(datas.map(([p, h], i) => histTrace(h, p, CS.palette[(i + 1) % CS.palette.length], false)));
     await CS.plot("plot-histogram", traces, {
       height: 330, showlegend: ov.length > 0,
@@ -157,7 +231,7 @@
       push({ overlay: overlays().concat([p]).join(",") });
     };
     CS.figure("histogram", stem("histogram"), {
-      png: () => CS.plotPNG(el("plot-histogram")),
+      png: (t) => CS.plotPNG(el("plot-histogram"), t),
       csv: () => {
         const log = state.abslog === "1";
         const hs = [[`${model}:${layer}`, histMain]].concat(overlays().filter((p) => overlayData.has(p)).map((p) => [p, overlayData.get(p)]));
@@ -186,7 +260,7 @@
         text: `|γ| < 0.01: <b>${(100 * d.frac_below["0.01"]).toFixed(1)} %</b> · < 0.05: <b>${(100 * d.frac_below["0.05"]).toFixed(1)} %</b> · < 0.1: <b>${(100 * d.frac_below["0.1"]).toFixed(1)} %</b>` }],
     });
     CS.figure("batchnorm", `${model}_${bnLayer}_batchnorm`, {
-      png: () => CS.plotPNG(el("plot-batchnorm")),
+      png: (t) => CS.plotPNG(el("plot-batchnorm"), t),
       csv: () => [["channel", "gamma", "beta"]].concat(d.gamma.map((g, i) => [i, g, d.beta[i]])),
     });
   }
@@ -208,7 +282,7 @@
       annotations: [{ xref: "paper", yref: "paper", x: 0, y: 1.1, xanchor: "left", showarrow: false, text: `input reshaped to C×H×W = ${d.shape.join("×")}` }],
     });
     CS.figure("fcspatial", stem("fc_spatial"), {
-      png: () => CS.plotPNG(el("plot-fcspatial")),
+      png: (t) => CS.plotPNG(el("plot-fcspatial"), t),
       csv: () => [["y"].concat(d.map[0].map((_, j) => "x" + j))].concat(d.map.map((r, i) => [i].concat(r))),
     });
   }
@@ -240,6 +314,16 @@
     const k = svd.u[0].length;
     const cx = Math.min(k - 1, Math.max(0, parseInt(state.cx, 10) || 0));
     const cy = Math.min(k - 1, Math.max(0, isNaN(parseInt(state.cy, 10)) ? 1 : parseInt(state.cy, 10)));
+    // a component the result does not have is said, and the URL names what is shown
+    const said = [];
+    if (String(cx) !== String(state.cx)) said.push(`cx=${CS.escapeHTML(String(state.cx).slice(0, 20))}`);
+    if (String(cy) !== String(state.cy)) said.push(`cy=${CS.escapeHTML(String(state.cy).slice(0, 20))}`);
+    if (said.length) {
+      note("svd-note", `${said.join(" and ")} ${said.length > 1 ? "are" : "is"} not a component of this result: it has ${k} (0 to ${k - 1}); showing x = ${cx}, y = ${cy}.`);
+      state = Object.assign({}, state, { cx: String(cx), cy: String(cy) });
+      replaceURL();
+    } else if (el("svd-note") && !el("svd-note").dataset.keep) note("svd-note", "");
+    if (said.length) el("svd-note").dataset.keep = "1";
     ["svd-cx", "svd-cy"].forEach((id, w) => {
       const s = el(id);
       if (s.options.length !== k) s.innerHTML = Array.from({ length: k }, (_, i) => `<option value="${i}">${i}</option>`).join("");
@@ -291,7 +375,7 @@
     el("svd-cy").onchange = (ev) => push({ cy: ev.target.value });
     el("svd-colour").onchange = (ev) => push({ colour: ev.target.value === svdDefaultColour(svdProperties()) ? "" : ev.target.value });
     CS.figure("svd", stem("svd"), {
-      png: () => CS.plotPNG(el("plot-svd")),
+      png: (t) => CS.plotPNG(el("plot-svd"), t),
       csv: () => {
         const pca = state.svd === "pca" && svd.pca;
         const U = pca ? svd.pca.u : svd.u, V = pca ? svd.pca.v : svd.v, prop = svdColour(), pv = prop.values;
@@ -302,11 +386,11 @@
   }
 
   // ---- render from state -----------------------------------------------------------------------
-  let lastCell = state.cell;
+  let lastCell = state.cell, lastView = state.view;
   function render() {
     if (el("grid-cell")) {
       el("grid-cell").value = state.cell;
-      if (state.cell !== lastCell) { lastCell = state.cell; drawNeuronGrid(); }
+      if (state.cell !== lastCell || state.view !== lastView) { lastCell = state.cell; lastView = state.view; drawNeuronGrid(); showView(); }
     }
     renderHistogram();
     renderSvd();

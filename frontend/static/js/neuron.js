@@ -70,7 +70,7 @@
       annotations: [{ xref: "paper", yref: "paper", x: 0, y: 1.12, xanchor: "left", showarrow: false, text: `this channel: γ = <b>${b.gamma.toFixed(4)}</b>, β = <b>${b.beta.toFixed(4)}</b>` }],
     }));
     CS.figure("gamma", stem("gamma_beta"), {
-      png: () => CS.plotPNG(el("plot-gamma")),
+      png: (t) => CS.plotPNG(el("plot-gamma"), t),
       csv: () => [["channel", "gamma", "beta", "this"]].concat(b.gammas.map((g, c) => [c, g, b.betas[c], c === i ? 1 : 0])),
     });
   }
@@ -92,17 +92,19 @@
 
   if (d.svd) {
     jobs.push(CS.api(CS.urls.result(model, layer, "svd")).then(({ data: s }) => {
-      CS.figure("svd", stem("svd"), { png: () => CS.plotPNG(el("plot-svd")), csv: () => [["neuron", "u0", "u1"]].concat(s.u.map((r, j) => [j, r[0], r[1]])) });
+      CS.figure("svd", stem("svd"), { png: (t) => CS.plotPNG(el("plot-svd"), t), csv: () => [["neuron", "u0", "u1"]].concat(s.u.map((r, j) => [j, r[0], r[1]])) });
       return scatter("plot-svd", s.u.map((r) => [r[0], r[1] === undefined ? 0 : r[1]]), i, "left singular vector", null, null, layer);
     }).catch((e) => CS.showError("plot-svd", e)));
   }
   d.svd_as_feeder.forEach((f, n) => {
     jobs.push(CS.api(CS.urls.result(model, f.layer, "svd")).then(({ data: s }) => {
       const prop = s.feeder_property || {};
-      CS.figure("svdf" + n, stem("svd_feeder_" + f.layer), { png: () => CS.plotPNG(el("plot-svdf" + n)), csv: () => [["neuron", "v0", "v1", prop.name || "property"]].concat(s.v.map((r, j) => [j, r[0], r[1], (prop.values || [])[j]])) });
+      CS.figure("svdf" + n, stem("svd_feeder_" + f.layer), { png: (t) => CS.plotPNG(el("plot-svdf" + n), t), csv: () => [["neuron", "v0", "v1", prop.name || "property"]].concat(s.v.map((r, j) => [j, r[0], r[1], (prop.values || [])[j]])) });
       return scatter("plot-svdf" + n, s.v.map((r) => [r[0], r[1] === undefined ? 0 : r[1]]), i, "right singular vector", prop.values, prop.name, layer);
     }).catch((e) => CS.showError("plot-svdf" + n, e)));
   });
+
+  if (el("connections-json")) el("connections-json").onclick = () => CS.downloadText(JSON.stringify(d.connections, null, 1), stem("connections") + ".json", "application/json");
 
   document.addEventListener("keydown", (ev) => {
     if (ev.target.tagName === "INPUT" || ev.target.tagName === "SELECT") return;
