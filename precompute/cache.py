@@ -21,7 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,24 +86,50 @@ def encode_entry(data: Any, meta: dict) -> bytes:
     return canonical_json(header) + b"\n" + payload
 
 
+def entry_name(path: Path) -> str:
+    """An entry's path from the cache's own folders on (``models/x.json``, ``results/...``): what
+    messages that may reach a client show (never the server's absolute path)."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in ("models", "results", "groups"):
+            return "/".join(parts[i:])
+    return Path(path).name
+
+
 def decode_entry(raw: bytes, path: Path) -> Entry:
     head, sep, payload = raw.partition(b"\n")
+    name = entry_name(path)
     if not sep:
-        raise CorruptEntry(f"{path}: no header line (truncated or not a convscope entry)")
+        raise CorruptEntry(f"{name}: no header line (truncated or not a convscope entry)")
     try:
         header = json.loads(head)
     except ValueError as e:
-        raise CorruptEntry(f"{path}: header is not JSON ({e})") from None
+        raise CorruptEntry(f"{name}: header is not JSON ({e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CorruptEntry(f"{path}: unknown entry format {header.get('format') if isinstance(header, dict) else header!r}")
+        raise CorruptEntry(f"{name}: unknown entry format {header.get('format') if isinstance(header, dict) else header!r}")
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        raise CorruptEntry(f"{path}: payload checksum mismatch (corrupted or half-written)")
+        raise CorruptEntry(f"{name}: payload checksum mismatch (corrupted or half-written)")
     return Entry(meta=header.get("meta", {}), payload=payload, path=path)
 
 
+def create_temp(folder: Path, suffix: str) -> tuple[int, str]:
+    """A new ``.tmp-XXXX<suffix>`` file in ``folder``, opened for writing, with the mode the process's
+    umask gives a new file (``mkstemp`` makes 0600, which locks out a server or worker running as
+    another user of a shared volume)."""
+    for _ in range(100):
+        tmp = str(folder / f".tmp-{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {folder}")
+
+
 def atomic_write(path: Path, raw: bytes) -> None:
+    """Write ``raw`` to ``path`` all or nothing: a temporary file beside it (mode from the umask), fsynced,
+    renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = create_temp(path.parent, path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)

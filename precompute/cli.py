@@ -2,17 +2,31 @@
 
 Every command validates its input and exits non-zero with a message that names the bad value
 and the fix; tracebacks are for bugs only.
+
+This module imports only torch-free modules (the parser, ``serve``, ``worker``, ``submit``'s queue and
+``jobs`` need nothing more; ``precompute.errors`` holds the errors both sides share): ``convscope serve``
+is a web server without torch (``tests/test_jobs.py::test_convscope_serve_does_not_load_torch`` reads its
+memory map). The commands that compute (zoo, precompute, show, add, train) import the torch side
+when they run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+import uvicorn
+from pydantic import ValidationError
+
+from server.app import create_app
+
+from .errors import ModelError
+from .jobs import EmbeddedWorker, list_jobs, run_worker, submit
+from .names import InvalidName, check_layer_name
+from .registry import UnknownName, unknown_message
 from .settings import get_settings
 
 
@@ -128,7 +142,6 @@ def cmd_precompute(args) -> int:
 def cmd_show(args) -> int:
     from .analyses import ANALYSES
     from .cache import Cache
-    from .names import check_layer_name
     from .pipeline import result_key
     from .zoo import get_spec
 
@@ -146,7 +159,6 @@ def cmd_show(args) -> int:
         check_layer_name(args.layer)
         layers = [r["name"] for r in record["inventory"]]
         if args.layer not in layers:
-            from .registry import unknown_message
             raise CLIError(unknown_message(f"layer of {args.name}", args.layer, layers))
         wanted = [args.analysis] if args.analysis else list(record["analyses"])
         out = {"model": args.name, "layer": args.layer, "results": {}}
@@ -188,29 +200,22 @@ def cmd_remove(args) -> int:
 
 # ---- serve, worker, jobs --------------------------------------------------------------------------
 def cmd_serve(args) -> int:
-    """The web server; in the embedded mode (no Redis) it also starts one worker beside it."""
-    import subprocess
-
-    import uvicorn
-
+    """The web server; in the embedded mode (no Redis) it also runs one worker beside it: a separate
+    process (the server itself never imports torch), restarted when it dies (:class:`EmbeddedWorker`)."""
     settings = get_settings()
-    worker = None
+    embedded = None
     if not settings.redis_url and not args.no_worker:
-        # a separate process, so the server itself never imports torch
-        worker = subprocess.Popen([sys.executable, "-m", "precompute.cli", "worker", "--parent", str(os.getpid())])
+        embedded = EmbeddedWorker().start()
     try:
-        uvicorn.run("server.app:create_app", factory=True, host=args.host or settings.host,
+        uvicorn.run(create_app(settings, embedded), host=args.host or settings.host,
                     port=args.port or settings.port, log_level="info")
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+        if embedded is not None:
+            embedded.stop()
     return 0
 
 
 def cmd_worker(args) -> int:
-    from .jobs import run_worker
-
     settings = get_settings()
     queue = settings.redis_url or f"sqlite:{settings.cache / 'queue.sqlite3'}"
     _p(f"convscope worker: queue {queue}, cache {settings.cache}")
@@ -219,10 +224,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .jobs import submit
-    from .zoo import get_spec
-
-    from .zoo import default_specs
+    from .zoo import default_specs, get_spec
 
     settings = get_settings()
     if not args.names and not args.all:
@@ -243,8 +245,6 @@ def cmd_submit(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from .jobs import list_jobs
-
     jobs = list_jobs(get_settings())
     if args.json:
         _p(json.dumps(jobs, indent=2))
@@ -261,8 +261,6 @@ def cmd_train(args) -> int:
 
     settings = get_settings()
     if args.queue:
-        from .jobs import submit
-
         exp = EXPERIMENTS.get(args.experiment)  # unknown names fail here, with the close names
         for v in args.variant or []:
             exp.variant(v)
@@ -404,12 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from pydantic import ValidationError
-
-    from .names import InvalidName
-    from .registry import UnknownName
-    from .zoo import ModelError
-
     try:
         return args.func(args)
     except (CLIError, UnknownName, InvalidName, ModelError, ValidationError, ValueError, FileNotFoundError) as e:

@@ -25,10 +25,15 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
+import secrets
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -36,8 +41,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
+from pydantic import ValidationError
+
 from .cache import Cache, CorruptEntry, ResultKey, atomic_write, canonical_json
-from .names import check_model_name
+from .errors import ModelError
+from .names import InvalidName, check_model_name
+from .redact import redact, settings_roots
+from .registry import UnknownName
 from .settings import Settings, get_settings
 
 HEARTBEAT_S = 1.0
@@ -49,6 +59,8 @@ STATES = ("queued", "running", "done", "failed")
 JOB_ID = re.compile(r"^(?:precompute|upload|train)-[a-z0-9][a-z0-9._-]{0,79}-[0-9a-f]{16}$")
 #: where the web server streams uploads, under ``settings.uploads`` (a name no model can have)
 INCOMING = ".incoming"
+
+log = logging.getLogger("convscope.jobs")
 
 
 class JobError(Exception):
@@ -292,11 +304,13 @@ def run_job(jid: str, settings: Optional[Settings] = None) -> Optional[dict]:
         stop.set()
         beater.join()
         user = isinstance(e, UserError) or _is_user_error(e)
-        error = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
+        # what clients see: paths relative to the data dir (the traceback, server-side, keeps them whole)
+        error = redact(f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e), settings_roots(settings))
         if user or job["attempts"] >= MAX_ATTEMPTS:
+            if (read_job(settings, jid) or {}).get("worker") == me:  # not taken over: clean up before
+                _cleanup_failed(settings, job)                      # "failed" is visible
             _update(settings, jid, me, state="failed", message="failed", error=error, finished=time.time(),
                     traceback=traceback.format_exc(limit=8))
-            _cleanup_failed(settings, job)
         else:
             _update(settings, jid, me, state="queued", message=f"retrying after: {error}", error=error)
             _enqueue(settings, jid)
@@ -306,14 +320,6 @@ def run_job(jid: str, settings: Optional[Settings] = None) -> Optional[dict]:
 
 
 def _is_user_error(e: BaseException) -> bool:
-    from .names import InvalidName
-    from .registry import UnknownName
-
-    try:
-        from pydantic import ValidationError
-        from .zoo import ModelError
-    except Exception:  # pragma: no cover
-        return False
     return isinstance(e, (ModelError, UnknownName, InvalidName, ValidationError, ValueError, FileNotFoundError))
 
 
@@ -335,10 +341,11 @@ def _execute(job: dict, settings: Settings, report, note=lambda **f: None) -> di
         from .experiments import precompute_runs, train
 
         device = args.get("device", settings.device)
+        # resume=True: a re-queued job (its worker died) continues from the last complete epoch
         runs = train(args["experiment"], variants=args.get("variants"), dataset=args.get("dataset"),
-                     epochs=args.get("epochs"), device=device, seed=args.get("seed", 0),
-                     limit=args.get("limit"), settings=settings,
-                     progress=lambda f, m: report(0.9 * f, m))
+                     epochs=args.get("epochs"), device=device, precision=args.get("precision"),
+                     seed=args.get("seed", 0), limit=args.get("limit"), settings=settings,
+                     progress=lambda f, m: report(0.9 * f, m), resume=True)
         report(0.9, "precomputing the trained variants")
         outcome = precompute_runs(runs, settings, device=device) if args.get("precompute", True) else {}
         return {"models": [r["model"] for r in runs], "checkpoints": [r["checkpoint_path"] for r in runs],
@@ -373,11 +380,8 @@ def _run_upload(job: dict, settings: Settings, report, note) -> dict:
     Every problem of the file (not a checkpoint, truncated, pickled code, wrong architecture) fails
     the job with a message that names the uploaded file as the user called it; a failed upload leaves
     no registration, no model record and no file behind (:func:`_cleanup_failed`)."""
-    from .names import InvalidName
     from .pipeline import precompute_model
-    from .registry import UnknownName
     from .sources import add_user_model
-    from .zoo import ModelError
 
     args = job["args"]
     path, name = upload_file(settings, args), args["name"]
@@ -443,12 +447,13 @@ def reap(settings: Settings) -> list[str]:
                 continue
             _event(cur, "lost", worker=cur.get("worker"))
             if cur["attempts"] >= MAX_ATTEMPTS:
-                cur.update(state="failed", error=f"worker {cur.get('worker')} died {cur['attempts']} times",
-                           finished=time.time())
+                cur.update(state="failed", error=f"its worker stopped {cur['attempts']} times (killed or crashed: "
+                                                 f"no heartbeat for {STALE_S:.0f} s)", finished=time.time())
+                _cleanup_failed(settings, cur)  # before "failed" is visible
                 _write(settings, cur)
-                _cleanup_failed(settings, cur)
                 continue
-            cur.update(state="queued", message=f"requeued: worker {cur.get('worker')} stopped", worker=None)
+            cur.update(state="queued", message=f"requeued: its worker stopped (no heartbeat for {STALE_S:.0f} s)",
+                       worker=None)
             _write(settings, cur)
         _enqueue(settings, job["id"])
         revived.append(job["id"])
@@ -457,30 +462,77 @@ def reap(settings: Settings) -> list[str]:
 
 #: touched by a live worker every reap cycle; the container healthcheck reads its age
 ALIVE_FILE = Path(os.environ.get("CONVSCOPE_WORKER_ALIVE_FILE", "/tmp/convscope-worker.alive"))
+#: seconds between two reap cycles (each also renews the worker's presence file)
+REAP_EVERY_S = 2.0
+#: a presence file whose worker has not renewed it for this long belongs to a dead worker: removed
+PRESENCE_FORGET_S = 3600.0
 
 
-def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every: float = 2.0,
+# ---- which workers are alive: one presence file per worker, beside the job states ----------------------
+def workers_dir(settings: Settings) -> Path:
+    return settings.cache / "workers"
+
+
+def _presence_path(settings: Settings, token: str) -> Path:
+    return workers_dir(settings) / f"{token}.json"
+
+
+def live_workers(settings: Settings) -> list[dict]:
+    """The workers (on any machine sharing the cache) whose presence file was renewed less than
+    ``STALE_S`` ago: ``{"id", "host", "pid", "embedded", "started", "beat"}`` each."""
+    out, now = [], time.time()
+    folder = workers_dir(settings)
+    if folder.is_dir():
+        for p in folder.glob("*.json"):
+            if p.name.startswith("."):
+                continue
+            try:
+                w = json.loads(p.read_bytes())
+            except (OSError, ValueError):  # gone, or a stray file: not a live worker
+                continue
+            if isinstance(w, dict) and now - float(w.get("beat") or 0) < STALE_S:
+                out.append(w)
+    return sorted(out, key=lambda w: w.get("started") or 0)
+
+
+def _forget_dead_workers(settings: Settings) -> None:
+    now = time.time()
+    for p in workers_dir(settings).glob("*.json"):
+        try:
+            if now - p.stat().st_mtime > PRESENCE_FORGET_S:
+                p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every: float = REAP_EVERY_S,
                parent: Optional[int] = None) -> None:
     """A worker process: a Huey consumer plus a reaper thread. Blocks until SIGINT/SIGTERM, or, given the
     pid of its ``parent`` process, until that parent is gone (the worker is then re-parented, so its
     parent pid changes; a reused pid cannot fool that). It then stops as on SIGINT: a job it was running
-    is re-queued by the reaper of the next worker, as after any crash."""
+    is re-queued by the reaper of the next worker, as after any crash. Every reap cycle renews its
+    presence file (:func:`live_workers`), removed when it stops."""
     settings = settings or get_settings()
     huey = get_huey(settings)
     stop = threading.Event()
+    me = {"id": secrets.token_hex(8), "host": socket.gethostname(), "pid": os.getpid(), "embedded": parent is not None,
+          "started": time.time(), "beat": time.time()}
+    presence = _presence_path(settings, me["id"])
 
     def reaper():
-        while not stop.wait(reap_every):
+        while True:
             if parent is not None and os.getppid() != parent:
-                import signal
-
                 os.kill(os.getpid(), signal.SIGINT)  # the consumer's own graceful stop
                 return
             try:
+                atomic_write(presence, json.dumps(dict(me, beat=time.time())).encode())
                 reap(settings)
+                _forget_dead_workers(settings)
                 ALIVE_FILE.touch()
             except Exception:  # the reaper must not die on a transient error
                 traceback.print_exc()
+            if stop.wait(reap_every):
+                return
 
     threading.Thread(target=reaper, daemon=True).start()
     consumer = huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
@@ -489,3 +541,87 @@ def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every
         consumer.run()
     finally:
         stop.set()
+        presence.unlink(missing_ok=True)
+
+
+# ---- the embedded worker of `convscope serve`, supervised ------------------------------------------------
+#: first wait before restarting a dead embedded worker; doubled while it keeps dying young, up to the max
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
+#: a worker that ran this long before dying is restarted after RESTART_MIN_S again
+RESTART_RESET_S = 60.0
+
+
+def describe_exit(code: int) -> str:
+    """``-9`` -> ``killed by SIGKILL``, ``1`` -> ``exit status 1`` (a Popen return code)."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class EmbeddedWorker:
+    """The worker that ``convscope serve`` runs beside its web server (embedded SQLite queue): a child
+    process ``convscope worker --parent <this pid>`` (it stops when the server is gone), restarted when
+    it dies, after ``RESTART_MIN_S`` doubling up to ``RESTART_MAX_S`` while it keeps dying young. A job
+    it was running is re-queued by the restarted worker's reaper (its heartbeat went stale).
+    :meth:`status` is what ``/healthz`` and the jobs API report."""
+
+    def __init__(self, command: Optional[list[str]] = None, poll_s: float = 0.2):
+        self.command = command or [sys.executable, "-m", "precompute.cli", "worker", "--parent", str(os.getpid())]
+        self.poll_s = poll_s
+        self.proc: Optional[subprocess.Popen] = None
+        self.started = 0.0
+        self.restarts = 0
+        self.last_exit: Optional[str] = None
+        self.state = "stopped"
+        self._stop = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
+
+    def start(self) -> "EmbeddedWorker":
+        self._spawn()
+        self._watcher = threading.Thread(target=self._watch, name="embedded-worker", daemon=True)
+        self._watcher.start()
+        return self
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.command)
+        self.started = time.time()
+        self.state = "running"
+
+    def _watch(self) -> None:
+        delay = RESTART_MIN_S
+        while not self._stop.wait(self.poll_s):
+            code = self.proc.poll()
+            if code is None:
+                continue
+            if time.time() - self.started >= RESTART_RESET_S:
+                delay = RESTART_MIN_S
+            self.last_exit, self.state = describe_exit(code), "restarting"
+            log.warning("the embedded worker (pid %s) stopped: %s; restarting it in %.0f s", self.proc.pid,
+                        self.last_exit, delay)
+            if self._stop.wait(delay):
+                return
+            self._spawn()
+            self.restarts += 1
+            delay = min(2 * delay, RESTART_MAX_S)
+
+    def status(self) -> dict:
+        """``{"state": "running" | "restarting" | "stopped", "restarts", "last_exit"}``."""
+        return {"state": self.state, "restarts": self.restarts, "last_exit": self.last_exit}
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop supervising, then stop the worker (SIGTERM; SIGKILL after ``timeout`` seconds)."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        self.state = "stopped"
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -34,7 +34,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -45,6 +44,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
+from .cache import atomic_write, create_temp
 from .names import InvalidName, check_model_name
 from .settings import Settings, get_settings
 from .zoo import ModelError, ModelSpec
@@ -100,7 +100,7 @@ def _write_stream_atomic(src, dest: Path, expected_sha: Optional[str], what: str
     """Copy the binary stream ``src`` to ``dest`` through a temporary file, checking its sha256."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
+    fd, tmp = create_temp(dest.parent, dest.suffix)  # mode from the umask: the store is shared
     try:
         with os.fdopen(fd, "wb") as out:
             while block := src.read(1 << 20):
@@ -109,7 +109,6 @@ def _write_stream_atomic(src, dest: Path, expected_sha: Optional[str], what: str
         digest = h.hexdigest()
         if expected_sha and not digest.startswith(expected_sha.lower()):
             raise ModelError(f"sha256 mismatch for {what}: expected {expected_sha}, got {digest}; {fix}")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the store is shared by server and workers
         os.replace(tmp, dest)
         return digest
     finally:
@@ -674,8 +673,6 @@ def _read_user_entries(settings: Settings) -> list[dict]:
 
 
 def _write_user_entries(settings: Settings, entries: list[dict]) -> None:
-    from .cache import atomic_write
-
     atomic_write(settings.user_models_file, (json.dumps(entries, indent=2) + "\n").encode())
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import nn
 
+from .errors import ModelError  # noqa: F401  (its home is the torch-free floor; imported from here too)
+from .redact import redact_all
 from .registry import Registry, UnknownName, unknown_message
 from .settings import Settings, get_settings
 
@@ -23,10 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ModelError(Exception):
-    """A model that cannot be built or loaded; the message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -49,14 +47,15 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)  # free metadata (experiment records, ...)
 
     def public(self) -> dict:
-        """JSON-able metadata (what the cache record and the API show)."""
-        return {
+        """JSON-able metadata (what the cache record and the API show): no server paths (a checkpoint's
+        path shows as its file name; the full path stays in the spec and ``user-models.json``)."""
+        return redact_all({
             "name": self.name, "arch": self.arch, "dataset": self.dataset,
             "input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
             "license": self.license, "origin": self.origin, "description": self.description,
             "accuracy": self.accuracy, "family": self.family, "source": self.source.describe(),
             "extra": self.extra,
-        }
+        })
 
 
 MODELS: Registry[ModelSpec] = Registry("model")

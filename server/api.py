@@ -235,8 +235,10 @@ def get_architectures():
 def list_jobs(request: Request,
               kind: Optional[Literal["precompute", "upload", "train"]] = Query(None, description="only jobs of this kind"),
               limit: int = Query(50, ge=1, le=500, description="at most this many")):
-    jobs = uploads.recent_jobs(request.app.state.settings, limit, kind)
-    return JSONResponse({"jobs": [uploads.public_job(j) for j in jobs]}, headers=NO_STORE)
+    settings = request.app.state.settings
+    jobs = uploads.recent_jobs(settings, limit, kind)
+    return JSONResponse({"jobs": [uploads.public_job(j) for j in jobs],
+                         "workers": uploads.worker_status(settings, request.app.state.embedded)}, headers=NO_STORE)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], responses={**ok(schemas.Job, "OK (not cached: poll it)"), **ERRORS},

@@ -18,9 +18,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from precompute.jobs import EmbeddedWorker
 from precompute.settings import Settings, get_settings
 
-from . import api, pages
+from . import api, jobs, pages
 from .data import Blob, ExplorerError, Explorer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +81,9 @@ def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api") or request.url.path == "/openapi.json"
 
 
-def create_app(settings: Optional[Settings] = None) -> FastAPI:
+def create_app(settings: Optional[Settings] = None, embedded: Optional[EmbeddedWorker] = None) -> FastAPI:
+    """The app over ``settings``' cache; ``embedded``: the supervised worker ``convscope serve`` runs
+    beside it, whose state ``/healthz`` and the jobs API report."""
     settings = settings or get_settings()
     app = ConvscopeApp(title="convscope", version="0.1.0", description=DESCRIPTION,
                   docs_url=None, redoc_url=None,  # their default pages load from a CDN; /api/docs is local
@@ -88,6 +91,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                   openapi_tags=[{"name": "models"}, {"name": "layers"}, {"name": "compare"}, {"name": "uploads"},
                                 {"name": "jobs"}])
     app.state.settings = settings
+    app.state.embedded = embedded
     app.state.explorer = Explorer(settings)
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)
     app.fast = api.FastPath(lambda: app.state.explorer)
@@ -140,7 +144,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
-        return {"ok": True, "models": len(app.state.explorer.model_names())}
+        """200 while the server answers and its embedded worker (if it has one) runs; 503 while that worker
+        is down (it is being restarted). ``workers`` says how many workers are alive either way."""
+        workers = jobs.worker_status(settings, embedded)
+        ok = workers["ok"] if embedded is not None else True
+        return JSONResponse({"ok": ok, "models": len(app.state.explorer.model_names()), "workers": workers},
+                            status_code=200 if ok else 503, headers={"Cache-Control": "no-store"})
 
     app.include_router(api.router)
     app.include_router(pages.router)

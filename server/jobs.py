@@ -22,7 +22,8 @@ from typing import Optional
 from fastapi import Request
 
 from precompute.archnames import UPLOAD_ARCHITECTURES
-from precompute.jobs import INCOMING, JobError, check_job_id, list_jobs, read_job
+from precompute.jobs import INCOMING, EmbeddedWorker, JobError, check_job_id, list_jobs, live_workers, read_job
+from precompute.redact import redact
 from precompute.settings import Settings
 
 from .data import BadRequest, ExplorerError, NotFound
@@ -225,11 +226,13 @@ def public_job(job: dict) -> dict:
         if ev.get("attempt"):
             line += f" (attempt {ev['attempt']})"
         if ev.get("error"):
-            line += f": {ev['error']}"
+            line += f": {redact(ev['error'])}"
         log.append(line)
     out = {
         "id": jid, "kind": job.get("kind"), "state": job.get("state"), "progress": float(job.get("progress") or 0),
-        "message": job.get("message"), "error": job.get("error"), "attempts": int(job.get("attempts") or 0),
+        # workers write these without server paths; an older state file may still have some: cut to file names
+        "message": redact(job.get("message")), "error": redact(job.get("error")),
+        "attempts": int(job.get("attempts") or 0),
         "created": job.get("created"), "started": job.get("started"), "finished": job.get("finished"),
         "created_at": _when(job.get("created")),
         "model": model, "arch": args.get("arch"), "filename": args.get("filename"), "size": args.get("size"),
@@ -238,4 +241,29 @@ def public_job(job: dict) -> dict:
     }
     if job.get("state") == "done" and model:
         out["model_url"] = f"/models/{model}"
+    return out
+
+
+# ---- workers as the API shows them --------------------------------------------------------------------------
+def worker_status(settings: Settings, embedded: Optional[EmbeddedWorker] = None) -> dict:
+    """Whether jobs will run: how many workers renewed their presence lately (on any machine sharing the
+    cache) and, for ``convscope serve``'s embedded worker, its supervisor's state. ``ok`` is False when
+    the embedded worker is down (restarting) or, without one, when no worker is alive. No host names,
+    no pids."""
+    alive = len(live_workers(settings))
+    out: dict = {"alive": alive, "embedded": None}
+    if embedded is not None:
+        st = embedded.status()
+        out["embedded"] = {"state": st["state"], "restarts": st["restarts"], "last_exit": st["last_exit"]}
+        out["ok"] = st["state"] == "running"
+        if out["ok"]:
+            out["message"] = "the embedded worker is running" + (
+                f" (restarted {st['restarts']} times; last stop: {st['last_exit']})" if st["restarts"] else "")
+        else:
+            out["message"] = (f"the embedded worker is {st['state']} (last stop: {st['last_exit'] or 'none'}); "
+                              f"queued jobs wait until it is back")
+    else:
+        out["ok"] = alive > 0
+        out["message"] = (f"{alive} worker{'s' if alive != 1 else ''} running" if alive else
+                          "no worker is running: queued jobs wait until one starts (`convscope worker`)")
     return out

@@ -163,8 +163,22 @@ class Job(_Open):
     model_url: Optional[str] = None
 
 
+class EmbeddedWorkerState(_Open):
+    state: str = Field(..., description="running, restarting or stopped")
+    restarts: int = Field(..., description="how often the supervisor restarted it")
+    last_exit: Optional[str] = Field(None, description="how it last stopped, e.g. 'killed by SIGKILL'")
+
+
+class Workers(_Open):
+    alive: int = Field(..., description="workers that renewed their presence in the last seconds (any machine)")
+    embedded: Optional[EmbeddedWorkerState] = Field(None, description="convscope serve's own worker, if it runs one")
+    ok: bool = Field(..., description="queued jobs will run")
+    message: str
+
+
 class JobList(_Open):
     jobs: list[Job]
+    workers: Workers
 
 
 class JobAccepted(_Open):

@@ -834,6 +834,7 @@ def test_corrupt_entry_is_not_served(tmp_path, srv_settings, srv_records):
         r = c.get(f"/api/models/{model}/layers/{layer}/nmf")
         assert r.status_code == 503 and "does not verify" in detail(r) and "being recomputed" in detail(r)
         assert r.headers["retry-after"] and r.json()["job"].startswith(f"precompute-{model}-")
+        assert str(tmp_path) not in r.text and "results/" in detail(r)  # the entry, named inside the cache only
         assert not path.exists()  # discarded, never served
         job = read_job(settings, r.json()["job"])
         assert job["state"] == "queued" and job["args"] == {"model": model, "force": False}

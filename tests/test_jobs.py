@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +18,7 @@ from precompute import jobs
 from precompute.cache import Cache
 from precompute.jobs import JobError, get_huey, job_id, list_jobs, read_job, submit
 from precompute.settings import Settings
+from server.jobs import public_job
 from server_fixtures import free_port, redis_server, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,7 +277,10 @@ def test_reaper_requeues_lost_jobs_then_fails_them_after_max_attempts(queue_sett
     assert jobs.reap(queue_settings) == []
     job = read_job(queue_settings, jid)
     assert job["state"] == "failed" and job["attempts"] == jobs.MAX_ATTEMPTS
-    assert job["error"] == f"worker dead:{jobs.MAX_ATTEMPTS} died {jobs.MAX_ATTEMPTS} times" and job["finished"]
+    assert job["error"] == (f"its worker stopped {jobs.MAX_ATTEMPTS} times (killed or crashed: no heartbeat for "
+                            f"{jobs.STALE_S:.0f} s)") and job["finished"]
+    assert "dead:" not in json.dumps(public_job(job))  # the worker's host name stays on the server
+    assert [e.get("worker") for e in job["history"] if e["event"] == "lost"][-1] == f"dead:{jobs.MAX_ATTEMPTS}"
     assert [e["event"] for e in job["history"]].count("lost") == jobs.MAX_ATTEMPTS
     assert huey.pending_count() == pending  # not enqueued again
     assert jobs.reap(queue_settings) == []  # a second reap changes nothing
@@ -351,3 +356,163 @@ def test_temporary_state_files_do_not_break_listing_reaping_or_the_api(queue_set
         assert unknown in r.json()["detail"] and jid in r.json()["detail"]
         assert client.get("/api/jobs/.tmp-x").status_code == 422
     assert Path(tmp).exists()  # only skipped, never touched
+
+
+# ---- what a client sees of a failed job: no server paths, no host names (issue 14, item 6) ------------------
+def test_a_failed_jobs_error_shows_paths_relative_to_the_data_dir(queue_settings):
+    """A user model whose checkpoint file went missing: the real pipeline fails with the file's absolute
+    path; the job's error (what the API and the job page show) names it relative to the data dir, the
+    traceback kept on the server has it whole."""
+    import torch
+
+    from precompute.architectures import build
+    from precompute.sources import add_user_model
+
+    ckpt = queue_settings.data_dir / "mine.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build("resnet20").state_dict(), ckpt)
+    add_user_model(ckpt, "resnet20", "gone-net", queue_settings)
+    stored = next((queue_settings.uploads / "gone-net").iterdir())
+    stored.unlink()
+    jid = submit("precompute", {"model": "gone-net", "analyses": ["symmetry"]}, queue_settings)["id"]
+    _drain(queue_settings)
+    job = read_job(queue_settings, jid)
+    assert job["state"] == "failed" and job["attempts"] == 1, job  # a missing file is the input's fault
+    assert f"uploads/gone-net/{stored.name}" in job["error"], job["error"]
+    shown = json.dumps(public_job(job))
+    for secret in {str(queue_settings.data_dir), str(queue_settings.data_dir.resolve()), str(stored)}:
+        assert secret not in shown, (secret, shown)
+    assert str(stored) in job["traceback"]  # the full detail stays on the server
+
+
+def test_a_records_source_shows_the_checkpoints_file_name_only(queue_settings):
+    """The model record (what /api/models and /api/models/{m} show as source_detail and spec.source)
+    carries a user checkpoint's file name, not its path on the server."""
+    import torch
+
+    from precompute.architectures import build
+    from precompute.sources import add_user_model, user_specs
+
+    ckpt = queue_settings.data_dir / "mine.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build("resnet20").state_dict(), ckpt)
+    add_user_model(ckpt, "resnet20", "named-net", queue_settings)
+    spec = next(s for s in user_specs(queue_settings) if s.name == "named-net")
+    public = spec.public()
+    assert public["source"]["path"] == spec.source.path.name, public["source"]
+    assert str(queue_settings.data_dir) not in json.dumps(public)
+
+
+# ---- `convscope serve`: torch-free, and its embedded worker supervised (issue 14, items 2 and 4) -------------
+def _get_json(url: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A real `convscope serve` (embedded SQLite queue, so it runs its own worker) on a fresh data dir."""
+    data = tmp_path_factory.mktemp("served")
+    env = _env(data)
+    env.pop("CONVSCOPE_REDIS_URL")
+    port = free_port()
+    log = open(data / "serve.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "precompute.cli", "serve", "--port", str(port)], env=env,
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        body: dict = {}
+        while time.time() < deadline:
+            assert server.poll() is None, (data / "serve.log").read_text()[-3000:]
+            try:
+                status, body = _get_json(base + "/healthz")
+                if status == 200 and body["workers"]["alive"] >= 1:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"convscope serve did not come up with a live worker in 120 s: {body}")
+        yield SimpleNamespace(proc=server, base=base, settings=_settings(data), log=data / "serve.log")
+    finally:
+        workers = _children(server.pid)
+        stop_processes([server])
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+def test_convscope_serve_does_not_load_torch(served):
+    """The real `convscope serve` process (CLI, app, embedded-worker supervisor) maps no libtorch: only
+    its worker, a separate process, loads torch."""
+    status, body = _get_json(served.base + "/api/jobs")  # the app has answered: its routes are imported
+    assert status == 200, body
+    maps = Path(f"/proc/{served.proc.pid}/maps").read_text()
+    torch_libs = sorted({line.split()[-1] for line in maps.splitlines() if "torch" in line.split()[-1]})
+    assert torch_libs == [], torch_libs
+    rss_mb = int(next(l for l in Path(f"/proc/{served.proc.pid}/status").read_text().splitlines()
+                      if l.startswith("VmRSS:")).split()[1]) // 1024
+    assert rss_mb < 400, f"convscope serve uses {rss_mb} MB"
+
+
+@pytest.mark.slow
+def test_a_killed_embedded_worker_is_restarted_and_its_job_finishes(served):
+    """SIGKILL of `convscope serve`'s worker mid-job: /healthz says so (503, then the restart and how the
+    worker stopped), the supervisor starts a new worker, whose reaper re-queues the job; the job and one
+    submitted after the kill both finish."""
+    settings = served.settings
+    (worker,) = _children(served.proc.pid)
+    job = submit("precompute", {"model": "vgg16-bn-random"}, settings)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        state = read_job(settings, job["id"])
+        if state["state"] == "running" and state["progress"] > 0:
+            break
+        time.sleep(0.1)
+    assert state["state"] == "running" and state["worker"].endswith(f":{worker}"), state
+    os.kill(worker, signal.SIGKILL)
+    later = submit("precompute", {"model": "resnet20-random", "analyses": ["symmetry"]}, settings)
+
+    seen_down, restarted = False, None
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        status, health = _get_json(served.base + "/healthz")
+        embedded = health["workers"]["embedded"]
+        if status == 503:
+            assert not health["ok"] and embedded["state"] == "restarting", health
+            assert embedded["last_exit"] == "killed by SIGKILL", health
+            seen_down = True
+        if status == 200 and embedded["restarts"] == 1:
+            restarted = health
+            break
+        time.sleep(0.05)
+    assert restarted, health
+    assert restarted["ok"] and restarted["workers"]["embedded"] == {"state": "running", "restarts": 1,
+                                                                    "last_exit": "killed by SIGKILL"}
+    new = _children(served.proc.pid)
+    assert len(new) == 1 and new[0] != worker, new
+    status, listing = _get_json(served.base + "/api/jobs")
+    assert status == 200 and listing["workers"]["embedded"]["restarts"] == 1
+
+    final = _wait_all(settings, [job["id"], later["id"]], timeout=400)
+    assert final[job["id"]]["state"] == "done" and final[job["id"]]["attempts"] == 2, final[job["id"]]
+    assert [e["event"] for e in final[job["id"]]["history"]].count("lost") == 1
+    assert final[job["id"]]["worker"].endswith(f":{new[0]}")
+    assert final[later["id"]]["state"] == "done", final[later["id"]]
+    assert "killed by SIGKILL" in served.log.read_text()  # the server log says what happened
+    assert seen_down, "/healthz never reported the dead worker (the window lasts RESTART_MIN_S = 1 s)"

@@ -89,3 +89,33 @@ def test_corrupted_entry_is_detected_and_recomputed(tmp_path):
     precompute_model("resnet20-random", settings, analyses=["symmetry", "histogram"])
     assert cache.get(key, layer).data == good
     assert cache.verify_all() == []
+
+
+# ---- files are written with the umask's mode (issue 14, item 8) ---------------------------------------------
+UMASK_CHECK = """
+import io, os, stat, sys
+from pathlib import Path
+from precompute.cache import Cache, ResultKey, atomic_write
+from precompute.sources import _write_stream_atomic
+
+os.umask(int(sys.argv[2], 8))
+root = Path(sys.argv[1])
+cache = Cache(root / "cache")
+paths = [cache.put(ResultKey("ab" * 32, "symmetry", 1, {}), "conv1", {"s": 1.0}),
+         cache.put_model("m", {"name": "m"}), cache.put_group("clusters", 1, {"k": 4}, {"x": 1})]
+atomic_write(root / "cache" / "jobs" / "j.job", b"{}")
+paths.append(root / "cache" / "jobs" / "j.job")
+_write_stream_atomic(io.BytesIO(b"weights"), root / "store" / "files" / "w.pt", None, "w", "")
+paths.append(root / "store" / "files" / "w.pt")
+print(" ".join(oct(stat.S_IMODE(p.stat().st_mode)) for p in paths))
+"""
+
+
+@pytest.mark.parametrize("umask,mode", [("022", "0o644"), ("002", "0o664"), ("077", "0o600")])
+def test_cache_and_store_files_respect_the_umask(tmp_path, umask, mode):
+    """A server and workers running as different users of one shared volume (group-writable umask 002)
+    can read each other's results: entries, job states and store files get the mode the umask gives."""
+    p = subprocess.run([sys.executable, "-c", UMASK_CHECK, str(tmp_path), umask], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == [mode] * 5, p.stdout
