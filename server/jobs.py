@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from precompute.archnames import UPLOAD_ARCHITECTURES
 from precompute.jobs import INCOMING, EmbeddedWorker, JobError, check_job_id, list_jobs, live_workers, read_job
@@ -37,6 +38,8 @@ DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 SLACK = 64 * 1024
 #: most bytes in one non-file form field
 FIELD_MAX = 4096
+#: most parts in one upload form (it has four: file, arch, name, dataset)
+PARTS_MAX = 16
 
 
 class TooLarge(ExplorerError):
@@ -93,24 +96,46 @@ def upload_path(settings: Settings, token: str, filename: str) -> Path:
     return incoming_dir(settings) / token / f"{stem[:80]}{ext}"
 
 
+#: one ``; key=value`` parameter of a header: a quoted string (with backslash escapes) or a plain token
+_PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
+def disposition(raw: bytes) -> dict[str, str]:
+    """The parameters of a part's ``Content-Disposition`` header, exactly as sent: python-multipart's own
+    parser cuts a Windows path (``C:\\dir\\x.pt``) to its last component, which would let such a name
+    pass silently; this one keeps it, so :func:`check_filename` refuses it like any other folder. The
+    RFC 5987 forms (``filename*=``) are ignored, as RFC 7578 asks."""
+    out: dict[str, str] = {}
+    for m in _PARAM.finditer(raw.decode("utf-8", errors="replace")):
+        key, value = m.group(1).lower(), m.group(2).strip()
+        if "*" in key:
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1].replace("\\\\", "\\").replace('\\"', '"')
+        out[key] = value
+    return out
+
+
 async def receive_multipart(request: Request, limit: int, folder: Path, token: str) -> dict:
     """Stream a multipart/form-data body: the file part goes straight to ``folder/.partial-<token>``,
-    other fields (at most 4 KB each) are kept; more than ``limit`` bytes raises 413 while streaming and
-    deletes what was written. Returns ``{"fields": {...}, "file": {"filename", "path", "size"} | None}``."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
+    other fields (at most ``PARTS_MAX`` parts, 4 KB each) are kept; more than ``limit`` bytes raises 413
+    while streaming and deletes what was written. Returns ``{"fields": {...}, "file": {"filename", "path",
+    "size"} | None}``."""
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     boundary = opts.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise BadRequest("send multipart/form-data with fields file (the checkpoint), arch and name; "
                          f"got content-type {request.headers.get('content-type', '')[:100]!r}")
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"headers": {}, "field": b"", "hname": b"", "hval": b"", "name": None, "fh": None}
+    state = {"headers": {}, "field": b"", "hname": b"", "hval": b"", "name": None, "fh": None, "parts": 0}
     fields: dict[str, str] = {}
     result: dict = {"fields": fields, "file": None}
 
     def on_part_begin():
-        state.update(headers={}, field=b"", name=None)
+        state.update(headers={}, field=b"", name=None, parts=state["parts"] + 1)
+        if state["parts"] > PARTS_MAX:
+            raise BadRequest(f"too many form fields: more than {PARTS_MAX}; an upload has four (file, arch, name, "
+                             f"dataset)", known=["file", "arch", "name", "dataset"])
 
     def on_header_field(data, start, end):
         state["hname"] += data[start:end]
@@ -125,16 +150,16 @@ async def receive_multipart(request: Request, limit: int, folder: Path, token: s
         state["hname"], state["hval"] = b"", b""
 
     def on_headers_finished():
-        _, disp = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        state["name"] = disp.get(b"name", b"").decode(errors="replace")
-        filename = disp.get(b"filename")
+        disp = disposition(state["headers"].get(b"content-disposition", b""))
+        state["name"] = disp.get("name", "")
+        filename = disp.get("filename")
         if filename is not None and state["name"] == "file":
             if result["file"] is not None:
                 raise BadRequest("send one file per upload")
             path = folder / f".partial-{token}"
             state["fh"] = open(path, "wb")
             # the name as sent: check_filename refuses folders, NUL bytes and the like (no silent basename)
-            result["file"] = {"filename": filename.decode(errors="replace"), "path": str(path), "size": 0}
+            result["file"] = {"filename": filename, "path": str(path), "size": 0}
 
     def on_part_data(data, start, end):
         if state["fh"] is not None:
