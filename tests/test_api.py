@@ -710,6 +710,11 @@ def test_upload_runs_on_the_worker_with_progress(upload_client, resnet20_state_d
     assert running["model_url"] == "/models/api-resnet20" and running["result"]["status"] == "done"
     m = c.get("/api/models/api-resnet20").json()
     assert m["summary"]["family"] == "user" and m["summary"]["arch"] == "resnet20"
+    # no server paths: the checkpoint shows as its file name (issue 14, item 6)
+    listing = c.get("/api/models").text
+    for shown in (json.dumps(m), listing):
+        assert str(c.settings.data_dir) not in shown and str(Path(c.settings.data_dir).resolve()) not in shown
+    assert m["summary"]["source_detail"]["path"] == "my_resnet20.pt", m["summary"]["source_detail"]
     assert not _incoming_files(c.settings)  # the streamed file is gone, the registered copy kept
     assert (Path(c.settings.uploads) / "api-resnet20").is_dir()
     r = c.get("/api/jobs?kind=upload").json()["jobs"]
@@ -834,7 +839,7 @@ def test_corrupt_entry_is_not_served(tmp_path, srv_settings, srv_records):
         r = c.get(f"/api/models/{model}/layers/{layer}/nmf")
         assert r.status_code == 503 and "does not verify" in detail(r) and "being recomputed" in detail(r)
         assert r.headers["retry-after"] and r.json()["job"].startswith(f"precompute-{model}-")
-        assert str(tmp_path) not in r.text and "results/" in detail(r)  # the entry, named inside the cache only
+        assert str(tmp_path) not in r.text  # no server path in what the client sees
         assert not path.exists()  # discarded, never served
         job = read_job(settings, r.json()["job"])
         assert job["state"] == "queued" and job["args"] == {"model": model, "force": False}
