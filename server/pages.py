@@ -137,8 +137,9 @@ def people_error(request: Request, status: int, message: str, known: Optional[li
                 out["message"] = keep
     elif segs and segs[0] == "experiments":
         out["back"] = {"label": "all experiments", "url": "/experiments"}
-        if len(segs) >= 2 and known:
-            out["near"] = [{"label": k, "url": f"/experiments/{k}"} for k in nearest(segs[1], known)]
+        if len(segs) >= 2 and known:  # a handful of experiments: all of them when none is near
+            near = nearest(segs[1], known) or (known if len(known) <= 8 else [])
+            out["near"] = [{"label": k, "url": f"/experiments/{k}"} for k in near]
     elif segs and segs[0] == "jobs":
         out["back"] = {"label": "all jobs", "url": "/jobs"}
         if known:
@@ -308,11 +309,9 @@ def jobs_page(request: Request):
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str):
     job = public_job(get_job(request.app.state.settings, job_id))
-    first = ({"label": "Add a model", "url": "/upload"} if job["kind"] == "upload" else
-             {"label": job["model"], "url": f"/models/{job['model']}"} if job["kind"] == "precompute" and job["model"]
-             else {"label": "Jobs", "url": "/jobs"})
     return render(request, "job.html", title=f"{job['kind']} job · {job['model'] or job_id} · convscope",
-                  crumbs=[first, {"label": f"{job['kind']} job"}], job=job, boot={"page": "job", "job": job_id})
+                  crumbs=[{"label": "Jobs", "url": "/jobs"}, {"label": f"{job['kind']} job" + (f" · {job['model']}" if job["model"] else "")}],
+                  job=job, boot={"page": "job", "job": job_id})
 
 
 @router.get("/api/docs", response_class=HTMLResponse)

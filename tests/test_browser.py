@@ -566,3 +566,355 @@ def test_upload_form_refuses_a_taken_name(page, srv_models, resnet20_checkpoint)
     page.wait_for_selector("#upload-error:not([hidden])")
     assert srv_models[0] in page.inner_text("#upload-error") and "exists" in page.inner_text("#upload-error")
     time.sleep(0.1)
+
+
+# ---- issue 15: never break on a bad link -------------------------------------------------------------------
+def _nmf_pair(srv_records, kernel=(3, 3)):
+    for m, rec in srv_records.items():
+        rows = {r["name"]: r for r in rec["inventory"]}
+        for layer in rec["analyses"].get("nmf", {}).get("layers", []):
+            if tuple(rows[layer]["kernel"]) == kernel:
+                return m, layer
+    raise AssertionError("no NMF layer with a 3x3 kernel")
+
+
+def test_compare_link_with_a_gone_pair_shows_the_valid_one(page, srv_records):
+    model, layer = _nmf_pair(srv_records)
+    page.goto(f"/compare?pairs={model}:{layer},nope:0&k=4")
+    ready(page, 60000)
+    assert page.locator("#compare-grids canvas").count() == 1
+    note = page.locator("#pairs-gone")
+    assert note.is_visible() and "nope:0" in note.inner_text() and "no model named 'nope'" in note.inner_text()
+    assert "nope" not in page.url and f"pairs={model}:{layer}" in page.url  # the URL names what is shown
+    page.wait_for_selector("#plot-clusters[data-rendered='1']")
+    assert page.evaluate("document.getElementById('plot-clusters').data.length") == 4
+    assert "different kernel sizes" not in page.inner_text("#fig-clusters")
+    shot(page, "compare-gone-pair")
+
+
+def test_error_pages_lead_back(page, srv_records):
+    page.watch.allow_status = {404, 422}
+    model, layer = first_with(srv_records, "nmf")
+    page.goto("/models/nope")
+    ready(page)
+    assert page.get_attribute("#error-back", "href") == "/"
+    assert page.locator("#error-message").inner_text() == "There is no model named 'nope' here."
+    assert page.locator(".error-card a[href^='/models/']").count() <= 5
+    shot(page, "error-unknown-model")
+    page.goto(f"/models/{model}/layers/{layer}/neurons/9999")
+    ready(page)
+    assert "there is no neuron 9999" in page.inner_text("#error-message")
+    page.click("#error-back")
+    page.wait_for_url(re.compile(f"/models/{re.escape(model)}/layers/{re.escape(layer)}$"))
+    ready(page)
+    page.goto("/jobs")
+    ready(page)
+    assert page.locator("h1").inner_text() == "Jobs"
+
+
+def test_unknown_overlay_is_dropped_from_the_url_and_said(page, srv_records):
+    model, layer = first_with(srv_records, "histogram")
+    page.goto(f"/models/{model}/layers/{layer}?overlay=nope:conv1&ylog=1")
+    ready(page)
+    assert "overlay=" not in page.url and "ylog=1" in page.url
+    note = page.locator("#ov-note")
+    assert note.is_visible() and "nope:conv1" in note.inner_text() and "no model named 'nope'" in note.inner_text()
+    assert "Known" not in note.inner_text()
+    assert page.locator("#ov-chips .chip").count() == 0
+
+
+def test_out_of_range_svd_component_is_said(page, srv_records):
+    model, layer = first_with(srv_records, "svd", lambda r: r["type"] == "conv")
+    k = len(api(page, f"/api/models/{model}/layers/{layer}/svd")["data"]["u"][0])
+    page.goto(f"/models/{model}/layers/{layer}?cx=99")
+    ready(page)
+    page.wait_for_selector("#plot-svd[data-rendered='1']")
+    note = page.locator("#svd-note")
+    assert note.is_visible() and "cx=99" in note.inner_text() and f"it has {k}" in note.inner_text()
+    assert f"cx={k - 1}" in page.url and page.input_value("#svd-cx") == str(k - 1)
+
+
+def test_figure_anchor_lands_after_the_grid_draws(page, srv_records):
+    # the layer with both a neuron grid and an SVD that has the most neurons: the tallest grid above #fig-svd
+    model, layer = max(((m, l) for m, rec in srv_records.items() for l in rec["analyses"].get("svd", {}).get("layers", [])
+                        if l in rec["analyses"].get("nmf", {}).get("layers", [])),
+                       key=lambda ml: next(r["out_channels"] for r in srv_records[ml[0]]["inventory"] if r["name"] == ml[1]))
+    page.goto(f"/models/{model}/layers/{layer}#fig-svd")
+    ready(page)
+    page.wait_for_function("document.body.dataset.landed === 'fig-svd'")
+    page.wait_for_timeout(300)
+    top, at_bottom, height = page.evaluate("""() => [document.getElementById('fig-svd').getBoundingClientRect().top,
+        scrollY + innerHeight >= document.documentElement.scrollHeight - 2, innerHeight]""")
+    # at the top of the window, or as near as the page allows (the last figure: scrolled to the bottom)
+    assert 0 <= top <= 120 or (at_bottom and 0 <= top < height / 2), f"#fig-svd is {top:.0f} px from the top of the window"
+
+
+# ---- the front door and the findings ------------------------------------------------------------------------
+def test_front_door_leads_to_the_phenomena(page, srv_records):
+    page.goto("/")
+    ready(page)
+    groups = page.eval_on_selector_all(".model-group", "gs => gs.map((g) => g.dataset.group)")
+    assert groups[0] == "trained"
+    first_cards = page.eval_on_selector_all("#group-trained .model-card", "cs => cs.map((c) => c.dataset.family)")
+    assert first_cards and set(first_cards) <= {"real", "user"}
+    f = api(page, "/api/findings")
+    top = next(r for r in f["banding"] if not r["untrained"])
+    card = page.locator("#finding-banding")
+    assert card.get_attribute("href") == top["url"] and f"{top['value']:+.3f}" in card.inner_text()
+    assert int(page.get_attribute("#mini-banding", "data-count")) > 0
+    shot(page, "home-findings")
+    card.click()
+    page.wait_for_url(re.compile(re.escape(top["url"].split("#")[0]) + "#fig-grid$"))
+    ready(page)
+
+
+def test_findings_sort_filter_and_export(page, srv_records):
+    page.goto("/findings")
+    ready(page)
+    f = api(page, "/api/findings")
+    table = "#t-banding"
+    visible = page.locator(f"{table} tbody tr:visible")
+    assert visible.count() == sum(1 for r in f["banding"] if not r["untrained"])  # trained models by default
+    vals = [float(v) for v in page.eval_on_selector_all(f"{table} tbody tr:not([hidden]) td:nth-child(4)", "ts => ts.map((t) => t.dataset.value)")]
+    assert vals == sorted(vals, reverse=True)
+    page.click(f"{table} th:nth-child(4)")  # descending -> ascending
+    vals = [float(v) for v in page.eval_on_selector_all(f"{table} tbody tr:not([hidden]) td:nth-child(4)", "ts => ts.map((t) => t.dataset.value)")]
+    assert vals == sorted(vals) and page.get_attribute(f"{table} th:nth-child(4)", "aria-sort") == "ascending"
+    page.select_option("[data-filter-for='t-banding']", "")
+    assert page.locator(f"{table} tbody tr:visible").count() == len(f["banding"])
+    with page.expect_download() as d:
+        page.click("[data-table='t-banding'][data-table-export='csv']")
+    lines = Path(d.value.path()).read_text().strip().splitlines()
+    assert lines[0].startswith("model,layer,relative depth,banding index") and len(lines) == len(f["banding"]) + 1
+    with page.expect_download() as d:
+        page.click("[data-table='t-gamma'][data-table-export='json']")
+    import json as _json
+    got = _json.loads(Path(d.value.path()).read_text())
+    assert got["thresholds"]["gamma"] == 0.01 and got["rows"] == [r for r in f["gamma"] if not r["untrained"]]
+    shot(page, "findings")
+    link = page.locator(f"{table} tbody tr:visible td:nth-child(2) a").first
+    href = link.get_attribute("href")
+    link.click()
+    page.wait_for_url(re.compile(re.escape(href.split("#")[0])))
+    ready(page)
+
+
+def test_layer_table_sorts_and_filters(page, srv_records):
+    name = max(srv_records, key=lambda m: len(srv_records[m]["inventory"]))
+    inv = srv_records[name]["inventory"]
+    page.goto(f"/models/{name}")
+    ready(page)
+    page.select_option("#layer-type", "conv")
+    assert page.locator("#layer-table tbody tr:visible").count() == sum(1 for r in inv if r["type"] == "conv")
+    page.click("#layer-table th:nth-child(10)")  # params, largest first
+    params = [int(v) for v in page.eval_on_selector_all("#layer-table tbody tr:not([hidden]) td:nth-child(10)", "ts => ts.map((t) => t.dataset.value)")]
+    assert params == sorted(params, reverse=True)
+    assert "ltype=conv" in page.url and "lsort=9d" in page.url
+    page.reload()
+    ready(page)
+    assert page.input_value("#layer-type") == "conv"
+    assert page.get_attribute("#layer-table th:nth-child(10)", "aria-sort") == "descending"
+    last = [r["name"] for r in inv if r["type"] == "conv"][-1]
+    page.fill("#layer-filter", last)
+    page.wait_for_function("location.search.includes('lq=')")
+    shown = page.eval_on_selector_all("#layer-table tbody tr:not([hidden])", "rs => rs.map((r) => [r.dataset.layer, r.dataset.search])")
+    assert last in [n for n, _ in shown] and len(shown) < len(inv)
+    assert all(last.lower() in search for _, search in shown)
+
+
+def test_vgg16_layers_have_human_names(page, srv_records):
+    if "vgg16-hed" not in srv_records:
+        pytest.skip("vgg16-hed is not precomputed")
+    page.goto("/models/vgg16-hed/layers/28")
+    ready(page)
+    assert page.inner_text("#layer-human") == "conv5_3" and "28" in page.inner_text("h1")
+    page.goto("/models/vgg16-hed")
+    ready(page)
+    assert page.locator("#layer-table tr[data-layer='28'] .human").inner_text() == "conv5_3"
+
+
+def test_captions_cite_their_paper_and_fold_the_method(page, srv_records):
+    model, layer = first_with(srv_records, "svd", lambda r: r["type"] == "conv")
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    cap = page.locator("#fig-svd .caption")
+    assert "distill.pub/2020/circuits/branch-specialization" in cap.locator("a.ref").get_attribute("href")
+    how = page.locator("#fig-svd details.how")
+    assert not how.locator("p").is_visible() and "summed over kernel positions" in how.text_content()
+    how.locator("summary").click()
+    assert how.locator("p").is_visible()
+
+
+# ---- the neuron grid: keyboard, go to neuron, first layer in colour; connected units --------------------------
+def test_keyboard_reaches_a_neuron(page, srv_records):
+    model, layer = first_with(srv_records, "nmf")
+    nmf = api(page, f"/api/models/{model}/layers/{layer}/nmf")["data"]
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    canvas = page.locator("#neuron-grid")
+    assert canvas.get_attribute("tabindex") == "0"
+    canvas.focus()
+    cols = int(canvas.get_attribute("data-cols"))
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    expect = 2
+    if len(nmf["order"]) > cols + 2:
+        page.keyboard.press("ArrowDown")
+        expect += cols
+    assert canvas.get_attribute("data-cursor") == str(expect)
+    assert page.locator(".grid-cursor").is_visible()
+    assert f"neuron {nmf['order'][expect]}" in page.inner_text("#tooltip")
+    page.locator("#plot-grid").screenshot(path=str(SHOTS / "grid-keyboard-cursor.png"))
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(f"/neurons/{nmf['order'][expect]}$"))
+    ready(page)
+    # the "go to neuron" box
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    n = len(nmf["order"])
+    page.fill("#goto-neuron", str(n + 5))
+    page.press("#goto-neuron", "Enter")
+    assert f"0 to {n - 1}" in page.inner_text("#goto-note")
+    page.fill("#goto-neuron", str(n - 1))
+    page.press("#goto-neuron", "Enter")
+    page.wait_for_url(re.compile(f"/neurons/{n - 1}$"))
+    ready(page)
+
+
+def test_grid_has_a_text_alternative(page, srv_records):
+    model, layer = first_with(srv_records, "nmf")
+    nmf = api(page, f"/api/models/{model}/layers/{layer}/nmf")["data"]
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    page.click("#grid-list summary")
+    links = page.eval_on_selector_all("#grid-list-items a", "as => as.map((a) => a.getAttribute('href'))")
+    assert links == [f"/models/{model}/layers/{layer}/neurons/{j}" for j in nmf["order"]]
+
+
+def test_rgb_first_layer_is_shown_in_colour(page, srv_records):
+    found = None
+    for m, rec in srv_records.items():
+        for r in rec["inventory"]:
+            if (r["type"] == "conv" and r["in_channels"] == 3 and not r.get("feeds_from")
+                    and r["name"] in rec["analyses"].get("nmf", {}).get("layers", [])):
+                found = (m, r["name"])
+                break
+        if found:
+            break
+    assert found, "no RGB first layer with an NMF result"
+    model, layer = found
+    k = api(page, f"/api/models/{model}/layers/{layer}/kernels")["data"]
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    canvas = page.locator("#neuron-grid")
+    assert canvas.get_attribute("data-view") == "rgb" and page.input_value("#grid-view") == "rgb"
+    # the first cell's first pixel is the filter's (R, G, B) weights, scaled by its largest |w|
+    nmf = api(page, f"/api/models/{model}/layers/{layer}/nmf")["data"]
+    j = nmf["order"][0]
+    w = [k["kernels"][j][k["top_channels"][j].index(c)][0][0] for c in range(3)]
+    mx = max(abs(v) for t in k["kernels"][j] for row in t for v in row)
+    want = [round(255 * (0.5 + 0.5 * v / mx)) for v in w]
+    got = page.evaluate("() => Array.from(document.getElementById('neuron-grid').getContext('2d').getImageData(0, 0, 1, 1).data).slice(0, 3)")
+    assert all(abs(a - b) <= 1 for a, b in zip(got, want)), (got, want)
+    assert page.locator("[data-view-caption='rgb']").is_visible()
+    page.locator("#fig-grid").screenshot(path=str(SHOTS / "first-layer-rgb.png"))
+    page.select_option("#grid-view", "nmf")
+    page.wait_for_function("location.search.includes('view=nmf')")
+    assert canvas.get_attribute("data-view") == "nmf" and page.locator("[data-view-caption='nmf']").is_visible()
+
+
+def test_neuron_page_links_connected_units(page, srv_records):
+    model, layer = first_with(srv_records, "kernels", lambda r: bool(r.get("feeds_from")))
+    d = api(page, f"/api/models/{model}/layers/{layer}/neurons/0")["connections"]
+    assert d["incoming"]
+    page.goto(f"/models/{model}/layers/{layer}/neurons/0")
+    ready(page)
+    links = page.locator("#conn-in a")
+    if d["linked"]:
+        first = d["incoming"][0]
+        assert links.first.get_attribute("href") == first["url"]
+        links.first.click()
+        page.wait_for_url(re.compile(f"/layers/{re.escape(d['feeder'])}/neurons/{first['channel']}$"))
+        ready(page)
+        # and back: this neuron lists the first one among its strongest outputs when it is in its top inputs
+        out = next((o for o in api(page, f"/api/models/{model}/layers/{d['feeder']}/neurons/{first['channel']}")["connections"]["outgoing"]
+                    if o["layer"] == layer), None)
+        assert out is not None and 0 in [u["neuron"] for u in out["units"]] + ([0] if out["count"] > len(out["units"]) else [])
+    shot(page, "neuron-connections")
+
+
+# ---- exports -----------------------------------------------------------------------------------------------
+def _png_size(path):
+    import struct
+
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_exports_have_the_size_and_content_stated(page, srv_records):
+    model, layer, n = _biggest_nmf_layer(srv_records)
+    nmf = api(page, f"/api/models/{model}/layers/{layer}/nmf")["data"]
+    kh, kw = len(nmf["images"][0]), len(nmf["images"][0][0])
+    page.goto(f"/models/{model}/layers/{layer}")
+    ready(page)
+    with page.expect_download() as d:
+        page.click("#fig-grid [data-export=png]")
+    w, h = _png_size(d.value.path())
+    scale = max(4, -(-28 // max(kh, kw)))  # every kernel position at least 4 px, cells of at least 28 px
+    cols = (1600 - 2 * 28 - 20 + 3) // (kw * scale + 3)
+    rows = -(-n // cols)
+    assert w == 1600 and h >= rows * (kh * scale + 12 + 3), (w, h, rows)
+    # the Plotly figures: at least 900 CSS px wide at scale 2, with a title band on top
+    if page.locator("#fig-symmetry").count():
+        page.wait_for_selector("#plot-symmetry[data-rendered='1']")
+        with page.expect_download() as d:
+            page.click("#fig-symmetry [data-export=png]")
+        w, h = _png_size(d.value.path())
+        assert w >= 1800 and h >= 2 * (300 + 44)
+    # the model page: each JSON button downloads its own figure's data
+    page.goto(f"/models/{model}")
+    ready(page)
+    prof = api(page, f"/api/models/{model}")["profiles"]
+    import json as _json
+    for fig, key in [("symmetry", "symmetry"), ("banding", "banding"), ("sparsity", "sparsity")]:
+        with page.expect_download() as d:
+            page.click(f"#fig-{fig} [data-export=json]")
+        got = _json.loads(Path(d.value.path()).read_text())
+        assert got["rows"] == prof[key], fig
+    # compare: one grid panel per pair at full resolution, not 300x300
+    page.goto(f"/compare?pairs={model}:{layer}")
+    ready(page, 60000)
+    with page.expect_download() as d:
+        page.click("#fig-grids [data-export=png]")
+    w, h = _png_size(d.value.path())
+    assert w == 1600 and h >= rows * (kh * scale + 12 + 3)
+
+
+# ---- phone width ----------------------------------------------------------------------------------------------
+def test_phone_width_has_no_horizontal_scroll(browser, live_server, srv_records):
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, base_url=live_server, is_mobile=True, has_touch=True)
+    pg = ctx.new_page()
+    pg.watch = Watch(pg)
+    name = max(srv_records, key=lambda m: len(srv_records[m]["inventory"]))
+    model, layer = first_with(srv_records, "svd", lambda r: r["type"] == "conv")
+    exps = [e["name"] for e in pg.request.get(live_server + "/api/experiments").json()["experiments"] if e["variants"]]
+    paths = ["/", "/findings", f"/models/{name}", f"/models/{model}", f"/models/{model}/layers/{layer}",
+             f"/models/{model}/layers/{layer}/neurons/0", "/experiments"] + [f"/experiments/{e}" for e in exps[:1]]
+    try:
+        for p in paths:
+            pg.goto(p)
+            ready(pg, 60000)
+            pg.wait_for_timeout(300)
+            sw = pg.evaluate("document.documentElement.scrollWidth")
+            assert sw <= 390, f"{p}: the page is {sw} px wide at 390 px"
+            # every nav link is inside the window, none clipped
+            boxes = pg.eval_on_selector_all(".mainnav a", "as => as.map((a) => { const r = a.getBoundingClientRect(); return [a.textContent, r.left, r.right, r.width]; })")
+            for text, left, right, width in boxes:
+                assert left >= 0 and right <= 390 and width > 0, (p, text, left, right)
+            assert pg.locator(".modebar-container .modebar").count() == 0 or not pg.locator(".modebar").first.is_visible()
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", p.strip("/") or "home")
+            pg.screenshot(path=str(SHOTS / f"phone-{safe}.png"), full_page=True)
+        pg.watch.check()
+    finally:
+        ctx.close()

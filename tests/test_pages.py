@@ -43,7 +43,7 @@ def test_model_page(srv_client, srv_records):
         for row in rec["inventory"]:
             assert f'data-layer="{row["name"]}"' in r.text
         assert boot(r.text) == {"page": "model", "model": name, "api": f"/api/models/{name}"}
-        assert '<script src="/static/js/model.js"></script>' in r.text
+        assert re.search(r'<script src="/assets/[0-9a-f]{12}/js/model\.js"></script>', r.text)
         # breadcrumbs: Models > model
         assert 'aria-label="breadcrumbs"' in r.text and '<a href="/">Models</a>' in r.text
 
@@ -72,26 +72,131 @@ def test_neuron_page(srv_client, srv_records):
     assert "neuron 0" in r.text
 
 
-@pytest.mark.parametrize("path,status,word", [
-    ("/models/no-such-model", 404, "no-such-model"),
-    ("/models/{m}/layers/no.such.layer", 404, "no.such.layer"),
-    ("/models/{m}/layers/{l}/neurons/100000", 404, "out of range"),
-    ("/models/{m}/layers/{l}/neurons/abc", 422, "integer"),
-    ("/models/BAD", 422, "invalid model name"),
-    ("/jobs/nope", 422, "invalid job id"),
-    ("/nothing/here", 404, "no such page"),
+@pytest.mark.parametrize("path,status,word,back", [
+    ("/models/no-such-model", 404, "no model named 'no-such-model'", "/"),
+    ("/models/{m}/layers/no.such.layer", 404, "has no layer 'no.such.layer'", "/models/{m}#layers"),
+    ("/models/{m}/layers/{l}/neurons/100000", 404, "there is no neuron 100000", "/models/{m}/layers/{l}"),
+    ("/models/{m}/layers/{l}/neurons/abc", 422, "is not a neuron number", "/models/{m}/layers/{l}"),
+    ("/models/BAD", 422, "invalid model name", "/"),
+    ("/jobs/nope", 422, "invalid job id", "/jobs"),
+    ("/nothing/here", 404, "no such page", "/"),
 ])
-def test_error_pages_say_what_exists(srv_client, srv_records, path, status, word):
+def test_error_pages_say_what_is_wrong_and_link_back(srv_client, srv_records, path, status, word, back):
+    """An error page for people: what is wrong (never the list of every name), at most five nearest
+    matches, and one link back to the closest page that exists."""
+    import html as htmllib
+
     model, layer = first_with(srv_records, "nmf")
     r = srv_client.get(path.format(m=model, l=layer))
     assert r.status_code == status
     assert r.headers["content-type"].startswith("text/html")
-    assert word in r.text
-    if "no-such-model" in path:
-        for m in srv_records:
-            assert f'href="/models/{m}"' in r.text
-    if "no.such.layer" in path:
-        assert f'href="/models/{model}/layers/{layer}"' in r.text
+    msg = htmllib.unescape(re.search(r'id="error-message">(.*?)</p>', r.text, re.S).group(1))
+    assert word in msg, msg
+    assert "Known" not in msg and "convscope precompute" not in msg
+    assert re.search(rf'id="error-back" href="{re.escape(back.format(m=model, l=layer))}"', r.text)
+    near = re.findall(r'<li><a href="([^"]+)">', r.text)
+    assert len(near) <= 5
+    if "neurons/100000" in path:  # the nearest neuron that exists: the last one
+        n = next(x for x in srv_records[model]["inventory"] if x["name"] == layer)["out_channels"]
+        assert near == [f"/models/{model}/layers/{layer}/neurons/{n - 1}"]
+
+
+def test_unknown_model_page_names_the_nearest_models_once(srv_client, srv_records):
+    name = sorted(srv_records)[0]
+    typo = name[:-1] + ("x" if name[-1] != "x" else "y")  # one letter off
+    r = srv_client.get(f"/models/{typo}")
+    assert r.status_code == 404
+    assert f'<li><a href="/models/{name}">{name}</a></li>' in r.text
+    # every other model is not listed (the old page printed all names twice)
+    listed = re.findall(r'href="/models/([^"/#]+)"', r.text)
+    assert listed.count(name) == 1 and len(listed) <= 5
+
+
+def test_unknown_layer_is_found_by_its_human_name(srv_client, srv_records):
+    if "vgg16-hed" not in srv_records:
+        pytest.skip("vgg16-hed is not precomputed (its wheel was not at hand)")
+    r = srv_client.get("/models/vgg16-hed/layers/conv5_3")
+    assert r.status_code == 404 and '<li><a href="/models/vgg16-hed/layers/28">28 (conv5_3)</a></li>' in r.text
+
+
+def test_jobs_page_lists_jobs(tmp_settings):
+    """/jobs lists every job (it was a 404); each job page leads back to it. A queue of its own, so the
+    shared test cache sees no job."""
+    from fastapi.testclient import TestClient
+
+    from precompute.jobs import submit
+    from server.app import create_app
+
+    with TestClient(create_app(tmp_settings)) as client:
+        r = client.get("/jobs")
+        assert r.status_code == 200 and 'id="no-jobs"' in r.text
+        jobs = [submit("precompute", {"model": m, "force": False}, tmp_settings) for m in ("resnet20-random", "cifar10-cnn")]
+        r = client.get("/jobs")
+        assert r.status_code == 200
+        for job in jobs:
+            assert f'href="/jobs/{job["id"]}"' in r.text and f'data-job="{job["id"]}"' in r.text
+        r = client.get(f"/jobs/{jobs[0]['id']}")
+        assert r.status_code == 200 and '<a href="/jobs">Jobs</a>' in r.text
+
+
+def test_compare_boot_splits_the_pairs_that_exist_from_the_gone_ones(srv_client, srv_records):
+    model, layer = first_with(srv_records, "nmf")
+    r = srv_client.get(f"/compare?pairs={model}:{layer},nope:0,{model}:no.layer")
+    b = boot(r.text)
+    assert b["pairs_ok"] == [f"{model}:{layer}"]
+    gone = {g["pair"]: g["reason"] for g in b["pairs_gone"]}
+    assert set(gone) == {"nope:0", f"{model}:no.layer"}
+    assert "no model named 'nope'" in gone["nope:0"] and "has no layer 'no.layer'" in gone[f"{model}:no.layer"]
+    assert all("Known" not in v for v in gone.values())
+
+
+def test_layer_boot_names_the_overlays_that_are_gone(srv_client, srv_records):
+    model, layer = first_with(srv_records, "histogram")
+    r = srv_client.get(f"/models/{model}/layers/{layer}?overlay=nope:x,{model}:{layer}")
+    assert [g["pair"] for g in boot(r.text)["overlay_gone"]] == ["nope:x"]
+
+
+def test_findings_page_and_json(srv_client, srv_records):
+    f = srv_client.get("/api/findings")
+    assert f.status_code == 200 and "etag" in f.headers
+    data = f.json()
+    r = srv_client.get("/findings")
+    assert r.status_code == 200 and boot(r.text)["findings"] == data
+    for row in data["banding"][:20]:  # every row links to its view, which exists
+        assert f'href="{row["url"]}"' in r.text.replace("&amp;", "&")
+        assert srv_client.get(row["url"].split("#")[0]).status_code == 200
+    for row in data["colour_axis"]:
+        assert srv_client.get(row["url"].split("#")[0]).status_code == 200
+    home = srv_client.get("/")
+    assert 'id="findings-strip"' in home.text and 'href="/findings"' in home.text
+
+
+def test_home_groups_trained_models_first(srv_client, srv_records):
+    r = srv_client.get("/")
+    order = re.findall(r'<section class="model-group" data-group="([a-z]+)"', r.text)
+    assert order == [g for g in ("trained", "variant", "untrained") if g in order] and order[0] == "trained"
+    untrained = r.text.index('data-group="untrained"') if "untrained" in order else len(r.text)
+    for name, rec in srv_records.items():
+        pos = r.text.index(f'data-name="{name}"')
+        assert (pos > untrained) == (rec["spec"]["family"] == "random"), name
+
+
+def test_versioned_static_urls_are_cached_for_a_year(srv_client):
+    html = srv_client.get("/").text
+    css = re.search(r'href="(/assets/([0-9a-f]{12})/css/app\.css)"', html)
+    plotly = re.search(r'<meta name="convscope-plotly" content="(/assets/[0-9a-f]{12}/vendor/plotly\.min\.js)">', html)
+    assert css and plotly
+    r = srv_client.get(css.group(1))
+    assert r.status_code == 200 and r.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert r.headers["content-type"].startswith("text/css")
+    assert r.content == (REPO / "frontend" / "static" / "css" / "app.css").read_bytes()
+    stale = srv_client.get(css.group(1).replace(css.group(2), "000000000000"))
+    assert stale.status_code == 200 and stale.headers["cache-control"] == "no-cache"  # today's file, revalidated
+    assert srv_client.get(css.group(1), headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+    p = srv_client.get(plotly.group(1), headers={"Accept-Encoding": "gzip"})
+    assert p.status_code == 200 and p.headers["content-encoding"] == "gzip" and "immutable" in p.headers["cache-control"]
+    for bad in ["/assets/x/../../server/app.py", "/assets/x/%2e%2e/%2e%2e/server/app.py", "/assets/x/nope.js"]:
+        assert srv_client.get(bad).status_code == 404, bad
 
 
 def test_compare_upload_job_and_docs_pages(srv_client, srv_models):
@@ -119,12 +224,23 @@ def test_static_files(srv_client):
 
 
 def test_no_cdn_anywhere(srv_client, srv_records):
-    """Every page and every static file refers only to this server."""
+    """Every page loads only from this server: no script, style, image or font from elsewhere. The only
+    links out are the references a figure cites (``<a class="ref">`` to the papers), which a reader may
+    follow and the page never loads."""
+    from server.pages import REFS
+
+    papers = {url for _, url in REFS.values()}
     model, layer = first_with(srv_records, "nmf")
-    for p in ["/", f"/models/{model}", f"/models/{model}/layers/{layer}", f"/models/{model}/layers/{layer}/neurons/0",
-              "/compare", "/upload", "/api/docs", "/models/nope"]:
+    cited = set()
+    for p in ["/", "/findings", f"/models/{model}", f"/models/{model}/layers/{layer}", f"/models/{model}/layers/{layer}/neurons/0",
+              "/compare", "/upload", "/jobs", "/api/docs", "/models/nope"]:
         html = srv_client.get(p).text
-        assert not EXTERNAL.findall(html), (p, EXTERNAL.findall(html))
+        refs = re.findall(r'<a class="ref" href="(https://[^"]+)" rel="noopener"', html)
+        cited.update(refs)
+        rest = re.sub(r'<a class="ref" href="https://[^"]+" rel="noopener"', "", html)
+        assert not EXTERNAL.findall(rest), (p, EXTERNAL.findall(rest))
+        assert set(refs) <= papers
+    assert cited, "no figure cites its paper"
     for f in (REPO / "frontend").rglob("*"):
         if f.suffix in (".html", ".js", ".css"):
             text = f.read_text()
