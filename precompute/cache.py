@@ -235,11 +235,32 @@ class Cache:
     def group_path(self, analysis: str, version: int, params: dict) -> Path:
         return self.root / "groups" / check_analysis_name(analysis) / f"v{int(version)}-{params_hash(params)}.json"
 
-    def put_group(self, analysis: str, version: int, params: dict, data: Any, meta: Optional[dict] = None) -> Path:
+    def put_group(self, analysis: str, version: int, params: dict, data: Any, meta: Optional[dict] = None,
+                  keep: Optional[int] = None) -> Path:
+        """Write a group entry; with ``keep``, then remove the oldest entries of ``analysis`` beyond that
+        many (group results are keyed by what a client asks for, so their number is bounded here)."""
         meta = dict(meta or {}, analysis=analysis, version=version, params=params)
         path = self.group_path(analysis, version, params)
         atomic_write(path, encode_entry(data, meta))
+        if keep is not None:
+            self.prune_groups(analysis, keep, spare=path)
         return path
+
+    def prune_groups(self, analysis: str, keep: int, spare: Optional[Path] = None) -> int:
+        """Remove the oldest (by modification time) entries of ``analysis`` beyond ``keep``, never
+        ``spare``; returns how many were removed."""
+        entries = []
+        for p in (self.root / "groups" / check_analysis_name(analysis)).glob("*.json"):
+            if p.name.startswith(".") or p == spare:
+                continue
+            try:
+                entries.append((p.stat().st_mtime_ns, p))
+            except FileNotFoundError:
+                continue
+        excess = len(entries) + (spare is not None) - max(int(keep), 1)
+        for _, p in sorted(entries)[:max(excess, 0)]:
+            self.discard(p)
+        return max(excess, 0)
 
     def get_group(self, analysis: str, version: int, params: dict) -> Optional[Entry]:
         return self.read(self.group_path(analysis, version, params))

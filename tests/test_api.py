@@ -869,3 +869,66 @@ def test_pages_and_api_refuse_the_same_neuron_indices(srv_client, srv_records, t
     path = f"/models/{model}/layers/{layer}/neurons/{quote(text)}"
     assert srv_client.get("/api" + path).status_code == 422
     assert srv_client.get(path).status_code == 422
+
+
+# ---- the cost of new clusters results is bounded (issue 14, item 8) ---------------------------------------
+def _big_pairs(srv_records, n=16) -> str:
+    """Up to ``n`` model:layer pairs with 3x3 NMF results, the widest layers first (the costliest k-means)."""
+    rows = []
+    for m, rec in srv_records.items():
+        inv = {r["name"]: r for r in rec["inventory"]}
+        rows += [(inv[l]["out_channels"], m, l) for l in rec["analyses"].get("nmf", {}).get("layers", [])
+                 if inv[l]["kernel"] == [3, 3]]
+    return ",".join(f"{m}:{l}" for _, m, l in sorted(rows, reverse=True)[:n])
+
+
+def test_clusters_group_entries_are_bounded(tmp_path, srv_settings, srv_records):
+    """Each new (pairs, k) writes a group entry; the cache keeps the newest max_cluster_groups of them."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    shutil.copytree(srv_settings.cache, tmp_path / "cache", ignore=shutil.ignore_patterns("groups"))
+    settings = make_settings(tmp_path)
+    settings.max_cluster_groups = 2
+    pairs = ",".join(f"{m}:{l}" for m, l, _ in _nmf_pairs(srv_records, 2))
+    folder = Path(settings.cache) / "groups" / "clusters"
+    with TestClient(create_app(settings)) as c:
+        for k in (4, 5, 6, 7):
+            assert c.get(f"/api/clusters?pairs={pairs}&k={k}").status_code == 200
+            time.sleep(0.01)  # distinct modification times
+        kept = sorted(folder.glob("v*.json"))
+        assert len(kept) == 2, kept
+        assert sorted(json.loads(p.read_bytes().split(b"\n", 1)[0])["meta"]["params"]["k"] for p in kept) == [6, 7]
+        assert c.get(f"/api/clusters?pairs={pairs}&k=4").status_code == 200  # an evicted one is computed again
+
+
+@pytest.mark.slow
+def test_new_clusters_results_are_computed_one_at_a_time(live_server, srv_records):
+    """Eight clients each asking for a new, costly (pairs, k) at once: the server runs one k-means at a
+    time, so those that would wait longer than CLUSTER_WAIT_S get 503 with Retry-After (never 500), and
+    asking again later gets the result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    pairs = _big_pairs(srv_records)
+    urls = [f"{live_server}/api/clusters?pairs={pairs}&k={k}" for k in range(4, 12)]  # no other test asks these
+    started = time.time()
+    with ThreadPoolExecutor(len(urls)) as pool:
+        answers = list(pool.map(lambda u: httpx.get(u, timeout=300), urls))
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {200, 503}, [(r.status_code, r.text[:200]) for r in answers]
+    busy = [r for r in answers if r.status_code == 503]
+    assert busy, f"all {len(urls)} new k-means ran at once ({time.time() - started:.1f} s)"
+    assert int(busy[0].headers["retry-after"]) > 0 and "one at a time" in busy[0].json()["detail"]
+    assert 200 in statuses
+    again = httpx.get(busy[0].request.url, timeout=300)
+    for _ in range(20):
+        if again.status_code != 503:
+            break
+        time.sleep(int(again.headers["retry-after"]))
+        again = httpx.get(busy[0].request.url, timeout=300)
+    assert again.status_code == 200, again.text
