@@ -857,8 +857,6 @@ def test_no_gzip_body_when_client_declines(srv_client, srv_records):
 
 
 # ---- one neuron-index parser for pages and API (issue 14, item 8) -----------------------------------------
-@pytest.mark.xfail(strict=True, reason="server/pages.py neuron_page still parses the index with int(); it must "
-                                       "call Explorer.neuron_index (owner of pages.py: remove this mark then)")
 @pytest.mark.parametrize("text", ["1_0", "+3", "\u0663", " 2"])
 def test_pages_and_api_refuse_the_same_neuron_indices(srv_client, srv_records, text):
     """``int()`` accepts ``1_0``, ``+3``, non-ASCII digits and spaces; the API's pattern does not. The
