@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from .data import BadRequest, Explorer, ExplorerError, NotFound, nearest, neuron_count
+from .data import Explorer, ExplorerError, NotFound, nearest
 from .jobs import get_job, public_job, recent_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,12 +243,7 @@ def layer_page(request: Request, model: str, layer: str):
 def neuron_page(request: Request, model: str, layer: str, neuron: str):
     ex = explorer(request)
     _, row = ex.row(model, layer)
-    n = neuron_count(row)
-    try:
-        i = int(neuron)
-    except ValueError:
-        raise BadRequest(f"neuron must be an integer index in 0..{(n or 1) - 1}; got {neuron!r}",
-                         range=[0, (n or 1) - 1]) from None
+    i = ex.neuron_index(model, layer, row, neuron)  # the API's rule: 422 not an index, 404 out of range
     data = ex.neuron(model, layer, i)
     data["human"] = ex.human_names(model).get(layer)
     return render(request, "neuron.html", title=f"neuron {i} · {layer} · {model} · convscope", d=data,
