@@ -185,8 +185,8 @@ async def get_result(request: Request, model: str = PathParam(..., **MODEL_P),
 @router.get("/clusters", tags=["compare"], responses={**ok(schemas.Clusters), **CACHED},
             summary="k-means clusters of NMF reduced forms over several (model, layer) pairs; share per cluster")
 def get_clusters(request: Request,
-                 pairs: str = Query("", description="comma-separated model:layer pairs (1..16, each a layer with "
-                                                    "an NMF result, all of one kernel size)",
+                 pairs: str = Query(..., description="comma-separated model:layer pairs (1..16, each a layer with "
+                                                     "an NMF result, all of one kernel size)",
                                     json_schema_extra={"pattern": PAIRS_PATTERN}),
                  k: str = Query("8", description=f"number of clusters, {K_MIN}..{K_MAX}",
                                 json_schema_extra={"pattern": "^(?:[4-9]|1[0-9])$"})):
@@ -242,10 +242,15 @@ def list_jobs(request: Request,
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], responses={**ok(schemas.Job, "OK (not cached: poll it)"), **ERRORS},
-            summary="A job: queued / running (progress, message) / done / failed (error)")
+            operation_id="get_job", summary="A job: queued / running (progress, message) / done / failed (error)")
 def get_job(request: Request, job_id: str = PathParam(..., description=JOB_DOC,
                                                       json_schema_extra={"pattern": JOB_ID_PATTERN})):
     return JSONResponse(uploads.public_job(uploads.get_job(request.app.state.settings, job_id)), headers=NO_STORE)
+
+
+#: a 202's job, as an OpenAPI link: clients (and schemathesis' stateful tests) follow it to GET /api/jobs/{id}
+JOB_LINK = {"GetJob": {"operationId": "get_job", "parameters": {"job_id": "$response.body#/id"},
+                       "description": "poll the job this request queued"}}
 
 
 def _accepted(job: dict) -> JSONResponse:
@@ -263,8 +268,8 @@ def _submit(kind: str, args: dict, settings, again: bool = False) -> dict:
 
 
 @router.post("/models/{model}/precompute", tags=["jobs"], status_code=202,
-             responses={202: {"model": schemas.JobAccepted, "description": "Queued (or already queued / running)"},
-                        **CACHED},
+             responses={202: {"model": schemas.JobAccepted, "description": "Queued (or already queued / running)",
+                              "links": JOB_LINK}, **CACHED},
              summary="Queue a precompute job for a model: computes what is missing (force: everything again)")
 def post_precompute(request: Request, model: str = PathParam(..., **MODEL_P),
                     analyses: str = Query("", description="comma-separated analyses (default: all)",
@@ -304,16 +309,20 @@ def _record_analyses(ex: Explorer, model: str) -> list[str]:
 
 
 @router.post("/uploads", tags=["uploads"], status_code=202,
-             responses={202: {"model": schemas.JobAccepted, "description": "Stored and queued; poll the job"},
+             responses={202: {"model": schemas.JobAccepted, "description": "Stored and queued; poll the job",
+                              "links": JOB_LINK},
                         413: {"model": schemas.ErrorBody, "description": "Larger than max_upload_bytes (checked while streaming)"},
                         409: {"model": schemas.ErrorBody, "description": "Name taken"},
                         503: {"model": schemas.ErrorBody, "description": "The job queue is unavailable"}, **ERRORS},
-             summary="Upload a checkpoint (multipart: file, arch, name[, dataset]); returns an upload job",
+             summary="Upload a checkpoint (multipart: file, arch, name[, dataset]; at most 16 parts); returns an upload job",
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "required": ["file", "arch", "name"], "properties": {
                      "file": {"type": "string", "format": "binary",
                               "description": "checkpoint: " + ", ".join(EXTENSIONS) + " (safetensors, or a "
-                                             "torch state dict loaded with weights_only=True)"},
+                                             "torch state dict loaded with weights_only=True). Its file name "
+                                             "must be one plain component (no folders, no Windows path) "
+                                             "matching x-filename-pattern and ending in one of x-extensions",
+                              "x-extensions": list(EXTENSIONS), "x-filename-pattern": uploads.FILENAME.pattern},
                      "arch": {"type": "string", "enum": uploads.architectures()["architectures"]},
                      "name": {"type": "string", "pattern": MODEL_PATTERN, "maxLength": 80},
                      "dataset": {"type": "string", "pattern": uploads.DATASET.pattern}}}}}}})

@@ -930,3 +930,57 @@ def test_new_clusters_results_are_computed_one_at_a_time(live_server, srv_record
         time.sleep(int(again.headers["retry-after"]))
         again = httpx.get(busy[0].request.url, timeout=300)
     assert again.status_code == 200, again.text
+
+
+# ---- the schema says what the handlers do: schemathesis' stateful run (issue 14, item 7) --------------------
+def test_clusters_schema_requires_pairs(srv_client):
+    """``pairs`` is required by the handler, so the schema says so (it said optional and 422 followed)."""
+    spec = srv_client.get("/openapi.json").json()
+    params = {p["name"]: p for p in spec["paths"]["/api/clusters"]["get"]["parameters"]}
+    assert params["pairs"]["required"] is True
+    r = srv_client.get("/api/clusters?k=8")
+    assert r.status_code == 422 and "pairs" in detail(r)
+    upload = spec["paths"]["/api/uploads"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert upload["properties"]["file"]["x-extensions"] == [".safetensors", ".pt", ".pth", ".th"]
+    for op in ("/api/uploads", "/api/models/{model}/precompute"):
+        assert spec["paths"][op]["post"]["responses"]["202"]["links"]["GetJob"]["operationId"] == "get_job"
+
+
+@pytest.mark.slow
+def test_stateful_run_finds_no_server_error_and_no_schema_violation(srv_settings, srv_records, tmp_path):
+    """schemathesis' state machine over the app (in-process, over a copy of the cache): sequences of calls
+    that follow the schema's links (a 202's job id into GET /api/jobs/{job_id}); every response is checked
+    against the schema (status, content type, headers, body) and none is a 5xx."""
+    import shutil
+
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, settings
+
+    from server.app import create_app
+
+    shutil.copytree(srv_settings.cache, tmp_path / "cache", ignore=shutil.ignore_patterns("jobs", "queue.sqlite3*"))
+    s = make_settings(tmp_path)
+    s.max_upload_bytes = 1_000_000
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(s))
+    # as in test_fuzz: two operations have rules no schema states (the upload's file *name*; clusters' pairs
+    # of one kernel size), so a schema-valid request may rightly get 422 there; every other check runs
+    semantic = {("GET", "/api/clusters"), ("POST", "/api/uploads")}
+
+    class Machine(schema.as_state_machine()):
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            seen.add((case.operation.method.upper(), case.operation.path, response.status_code))
+            excluded = [positive_data_acceptance] if (case.operation.method.upper(), case.operation.path) in semantic \
+                else []
+            case.validate_response(response, additional_checks=additional_checks, excluded_checks=excluded,
+                                   transport_kwargs=kwargs or None)
+
+    seen: set = set()
+    machine = Machine
+    machine.TestCase.settings = settings(max_examples=30, stateful_step_count=6, deadline=None, database=None,
+                                         derandomize=True, suppress_health_check=list(HealthCheck))
+    machine.TestCase().runTest()
+    # the run reached real resources and followed the link from a 202 to its job
+    assert {("GET", "/api/models/{model}", 200), ("POST", "/api/models/{model}/precompute", 202),
+            ("GET", "/api/jobs/{job_id}", 200)} <= seen, sorted(seen)
