@@ -14,22 +14,13 @@ import torch
 
 from .analyses import ANALYSES, ModelContext
 from .cache import Cache, CorruptEntry, ResultKey
+from .devices import resolve_device
 from .inventory import inventory
 from .settings import Settings, get_settings
 from .zoo import ModelError, get_spec, load_model
 
 #: progress(fraction in [0, 1], message) for job runners; the CLI shows a tqdm bar instead
 Progress = Callable[[float, str], None]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
-    return torch.device(device)
 
 
 def layer_analyses(names: Optional[Iterable[str]] = None) -> list:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     datasets_dir: Optional[Path] = None
     #: torch device for analyses: auto picks cuda when available
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: arithmetic of `convscope train`: auto picks bf16 autocast where the device multiplies bfloat16 in
+    #: hardware (CPU AMX / AVX-512 BF16, recent GPUs), else fp32; the record and its command say which ran
+    train_precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: Redis URL for a shared job queue; empty means an embedded SQLite queue in the cache dir
     redis_url: str = ""
     #: largest accepted upload in bytes (enforced while streaming)

@@ -71,9 +71,12 @@ def test_variant_end_to_end(runs, exp, variant):
     assert on_disk == {k: v for k, v in rec.items() if k not in ("checkpoint_path", "record_path")}
     assert Path(rec["record_path"]).parent == settings.data_dir / "variants"
     epochs = 0 if variant == "random" else 1
-    assert rec["epochs"] == epochs and len(rec["history"]) == epochs
+    # the initialisation, then one point per epoch (one step an epoch: no inner points of the first epoch)
+    assert rec["epochs"] == epochs and [r["epoch"] for r in rec["history"]] == list(range(epochs + 1))
     for row in rec["history"]:
-        assert set(row) >= {"epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "images_per_s"}
+        assert set(row) >= {"epoch", "step", "lr", "train_loss", "train_accuracy", "test_accuracy", "images_per_s",
+                            "metrics", "dead_relu"}
+    assert rec["history"][-1]["test_accuracy"] == rec["final_test_accuracy"]
     assert rec["train_size"] == rec["test_size"] == LIMIT and rec["limit"] == LIMIT and rec["seed"] == 0
     assert 0 <= rec["final_test_accuracy"] <= 100
     assert rec["command"].startswith(f"convscope train {exp} --variant {variant} ")

@@ -135,8 +135,10 @@ class Experiment:
                 return v
         raise UnknownName(unknown_message(f"variant of {self.name}", name, self.variant_names(True)))
 
-    def model_name(self, variant: str) -> str:
-        return f"{self.name}-{variant}"
+    def model_name(self, variant: str, seed: int = 0) -> str:
+        """``<experiment>-<variant>``; runs with another seed than 0 (the spread of an effect) are
+        ``<experiment>-<variant>-seed<S>``."""
+        return f"{self.name}-{variant}" + (f"-seed{seed}" if seed else "")
 
     def public(self) -> dict:
         return {"name": self.name, "title": self.title, "description": self.description, "arch": self.arch,

@@ -1,13 +1,19 @@
-"""Training the variants of an experiment: deterministic given the seed, CPU or CUDA.
+"""Training the variants of an experiment: deterministic given the seed, resumable, measured as it goes.
 
 The whole split lives on the device as uint8; each batch is augmented (random shifts and flips drawn
-from a seeded generator), passed through the variant's input transform, normalised, and fed to the
-net. The weights are then rounded to float16, and the final test accuracy and the experiment's
+from a seeded generator), passed through the variant's input transform, normalised, and fed to the net
+(channels-last; bfloat16 autocast where the device multiplies bfloat16 in hardware, see
+``devices.resolve_precision``). At the initialisation, at 1/8, 1/4 and 1/2 of the first epoch and after
+every epoch the run records a history point (test accuracy, training loss, the weight metrics of
+history.py, the share of dead ReLU channels). After every epoch but the last it writes a resume state
+(resume.py); a run killed at any moment and resumed ends bitwise identical to the same run made in one go.
+At the end the weights are rounded to float16, and the final test accuracy and the experiment's
 measurements are computed on exactly the weights that are saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import math
 import os
@@ -15,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -22,28 +29,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import resolve_device, resolve_precision
 from ..settings import Settings, get_settings
 from .datasets import DATASETS, DatasetInfo, load_raw, normalize
-from .measurements import MEASUREMENTS
+from .history import first_epoch_steps, weight_metrics
+from .measurements import MEASUREMENTS, dead_relu
 from .nets import build_net, init_weights
 from .recipes import EXPERIMENTS, INPUT_TRANSFORMS, RANDOM, TRAINABLE, Experiment, Recipe, transformed_size
-from .records import RECORD_FORMAT, fp16_state, local_variants_dir, write_run
+from .records import RECORD_FORMAT, fp16_state, local_variants_dir, read_record, write_run
+from .resume import ResumeError, config_differences, load_state, resume_path, save_state
 
-Progress = Union[bool, Callable[[float, str], None]]
+#: progress(fraction done in [0, 1], message)
+Reporter = Callable[[float, str], None]
+Progress = Union[bool, Reporter]
+#: history keys that measure the machine, not the run (left out when two runs are compared)
+TIMING_KEYS = ("images_per_s", "seconds")
 
 
 class TrainingError(Exception):
     """A training run that cannot start or that failed; the message says why."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked, but torch sees no CUDA device here; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
-    return torch.device(device)
 
 
 def code_version() -> str:
@@ -97,7 +101,8 @@ def translate(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
-    """The recipe's augmentation of float [0, 1] images; randomness from ``gen`` (CPU) only."""
+    """The recipe's augmentation of float [0, 1] images (B, C, H, W), on the whole batch at once;
+    randomness from ``gen`` (CPU) only."""
     b = x.shape[0]
     if "translate" in recipe.augmentation and recipe.translate > 0:
         p = recipe.translate
@@ -110,7 +115,7 @@ def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tens
 
 
 class _Data:
-    """A split on the device as uint8, with the transform and normalisation of a variant."""
+    """A split on the device as uint8 (N, C, H, W), with the transform and normalisation of a variant."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo, transform: Optional[str],
                  device: torch.device):
@@ -122,20 +127,29 @@ class _Data:
         return len(self.y)
 
     def batch(self, idx: torch.Tensor, recipe: Optional[Recipe] = None, gen: Optional[torch.Generator] = None):
+        """(normalised float images (B, C, H, W) in channels-last memory, labels (B,))."""
         x = self.x[idx].float().div_(255.0)
         if recipe is not None:
             x = augment(x, recipe, gen)
         if self.transform is not None:
             x = self.transform(x)
-        return normalize(x, self.info), self.y[idx]
+        return normalize(x, self.info).contiguous(memory_format=torch.channels_last), self.y[idx]
 
 
-def evaluate(model: nn.Module, data: _Data, batch_size: int) -> float:
+def autocast(device: torch.device, precision: str):
+    """bfloat16 autocast for ``bf16`` (convolutions and matmuls in bf16, BatchNorm and the loss in float32;
+    the weights stay float32), nothing for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def evaluate(model: nn.Module, data: _Data, batch_size: int, precision: str = "fp32") -> float:
     """Top-1 accuracy in % (eval mode, no augmentation)."""
     was = model.training
     model.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(data.device, precision):
         for i in range(0, len(data), batch_size):
             idx = torch.arange(i, min(i + batch_size, len(data)), device=data.device)
             x, y = data.batch(idx)
@@ -148,26 +162,49 @@ def _finite(v: float) -> Optional[float]:
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _command(exp: str, variant: str, dataset: str, epochs: int, device: str, seed: int, limit: Optional[int],
-             out: Optional[Path]) -> str:
-    parts = ["convscope", "train", exp, "--variant", variant, "--dataset", dataset, "--epochs", str(epochs),
-             "--device", device, "--seed", str(seed)]
-    if limit is not None:
-        parts += ["--limit", str(limit)]
-    if out is not None:
-        parts += ["--out", str(out)]
-    return shlex.join(parts)
+@dataclass(frozen=True)
+class RunConfig:
+    """The identity of one variant's run: a resume state continues only a run of the same config, and a
+    finished record with the same config is not trained again by ``--resume``."""
+
+    experiment: str
+    variant: str
+    dataset: str
+    epochs: int
+    seed: int
+    limit: Optional[int]
+    device: str  # "cpu" | "cuda": results are deterministic per device type
+    precision: str  # "fp32" | "bf16" (resolved)
+
+    def public(self) -> dict:
+        return asdict(self)
+
+    def command(self, out: Optional[Path]) -> str:
+        """The canonical command that reproduces this run."""
+        parts = ["convscope", "train", self.experiment, "--variant", self.variant, "--dataset", self.dataset,
+                 "--epochs", str(self.epochs), "--device", self.device, "--precision", self.precision,
+                 "--seed", str(self.seed)]
+        if self.limit is not None:
+            parts += ["--limit", str(self.limit)]
+        if out is not None:
+            parts += ["--out", str(out)]
+        return shlex.join(parts)
 
 
 def train(experiment: str, variants: Optional[Sequence[str]] = None, *, dataset: Optional[str] = None,
-          epochs: Optional[int] = None, device: str = "auto", seed: int = 0, limit: Optional[int] = None,
-          out: Optional[Union[str, Path]] = None, settings: Optional[Settings] = None, progress: Progress = True,
-          download: bool = False) -> list[dict]:
+          epochs: Optional[int] = None, device: str = "auto", precision: Optional[str] = None, seed: int = 0,
+          limit: Optional[int] = None, out: Optional[Union[str, Path]] = None, settings: Optional[Settings] = None,
+          progress: Progress = True, download: bool = False, resume: bool = False,
+          restart: bool = False) -> list[dict]:
     """Train the variants of ``experiment`` (default: all its declared variants; ``random`` saves the
     initialisation untrained) and write ``<out>/<experiment>-<variant>.safetensors`` + ``.json`` for
     each (default out: ``<data_dir>/variants``). Returns the records, with ``checkpoint_path`` and
     ``record_path`` added.
 
+    ``resume``: continue each variant from its resume state (the last complete epoch) when it has one,
+    and skip a variant whose finished record in ``out`` has the same config. Without ``resume`` an
+    existing resume state is an error (hours of training are not thrown away by a forgotten flag) unless
+    ``restart`` discards it. ``precision``: auto | fp32 | bf16 (default: ``settings.train_precision``).
     ``progress``: True for a tqdm bar per epoch (loss, accuracy, images/s) on stderr, False for none, or
     a callable ``(fraction done, message)`` (the job queue's reporter).
     """
@@ -186,12 +223,40 @@ def train(experiment: str, variants: Optional[Sequence[str]] = None, *, dataset:
     if int(seed) < 0:
         raise ValueError(f"seed must be >= 0; got {seed}")
     dev = resolve_device(device)
+    prec = resolve_precision(precision or settings.train_precision, dev)
     out_dir = Path(out) if out is not None else local_variants_dir(settings)
+    configs = [RunConfig(exp.name, v, info.name, 0 if v == RANDOM else epochs, int(seed), limit, dev.type, prec)
+               for v in names]
+    states = _check_states(exp, configs, out_dir, resume, restart)
 
     xtr, ytr = load_raw(dataset, "train", settings, limit=limit, download=download)
     xte, yte = load_raw(dataset, "test", settings, limit=limit, download=download)
 
     records = []
+    with _deterministic(dev):
+        for k, cfg in enumerate(configs):
+            def report(f, msg, k=k):
+                if callable(progress):
+                    progress((k + f) / len(configs), msg)
+
+            done = _finished(out_dir, exp.model_name(cfg.variant, cfg.seed), cfg) if resume else None
+            if done is not None:
+                report(1.0, f"{done['model']}: already trained with this config ({done['record_path']}); skipped")
+                records.append(done)
+                continue
+            run = _Run(exp, cfg, info, (xtr, ytr), (xte, yte), dev)
+            rec = run.train(states.get(cfg.variant), resume_path(out_dir, run.name),
+                            cfg.command(out if out is not None else None), bar=progress is True, report=report)
+            ckpt, jpath = write_run(out_dir, rec["model"], rec.pop("_state"), rec)
+            resume_path(out_dir, run.name).unlink(missing_ok=True)  # finished: the state is not needed
+            rec = dict(rec, checkpoint_path=str(ckpt), record_path=str(jpath))
+            report(1.0, f"{rec['model']}: test accuracy {rec['final_test_accuracy']:.2f}% -> {ckpt.name}")
+            records.append(rec)
+    return records
+
+
+@contextlib.contextmanager
+def _deterministic(dev: torch.device):
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     if dev.type == "cuda":
@@ -199,100 +264,207 @@ def train(experiment: str, variants: Optional[Sequence[str]] = None, *, dataset:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
-        for k, vname in enumerate(names):
-            def report(f, msg, k=k):
-                if callable(progress):
-                    progress((k + f) / len(names), msg)
-
-            rec = _run_variant(exp, vname, info, (xtr, ytr), (xte, yte), dev, device, int(seed), limit,
-                               0 if vname == RANDOM else epochs, out if out is not None else None,
-                               bar=progress is True, report=report)
-            ckpt, jpath = write_run(out_dir, rec["model"], rec.pop("_state"), rec)
-            rec = dict(rec, checkpoint_path=str(ckpt), record_path=str(jpath))
-            report(1.0, f"{rec['model']}: test accuracy {rec['final_test_accuracy']:.2f}% -> {ckpt}")
-            records.append(rec)
+        yield
     finally:
         torch.use_deterministic_algorithms(prev_det)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev_cudnn
-    return records
 
 
-def _run_variant(exp: Experiment, vname: str, info: DatasetInfo, train_split, test_split, dev: torch.device,
-                 device_arg: str, seed: int, limit: Optional[int], epochs: int, out, bar: bool,
-                 report: Callable[[float, str], None]) -> dict:
-    t_start = time.time()
-    v = exp.variant(vname)
-    recipe = exp.recipe
-    name = exp.model_name(vname)
-    input_size = transformed_size(v.input_transform, info.input_size)
-    kw = {**exp.arch_kwargs, **v.arch_kwargs, "in_channels": info.input_size[0], "num_classes": info.num_classes}
-    if exp.arch == "banding-net":
-        kw["image_size"] = [input_size[1], input_size[2]]
+def _check_states(exp: Experiment, configs: Sequence[RunConfig], out_dir: Path, resume: bool,
+                  restart: bool) -> dict[str, dict]:
+    """Read (``resume``) or discard (``restart``) the variants' resume states before any work; a state of
+    another config, or an unfinished run met without either flag, is an error that says what to do."""
+    states = {}
+    for cfg in configs:
+        name = exp.model_name(cfg.variant, cfg.seed)
+        path = resume_path(out_dir, name)
+        if not path.is_file():
+            continue
+        if restart:
+            path.unlink()
+            continue
+        try:
+            state = load_state(path)
+        except ResumeError as e:
+            raise TrainingError(str(e)) from None
+        if not resume:
+            raise TrainingError(
+                f"{name} has an unfinished run ({state.get('epoch')}/{(state.get('config') or {}).get('epochs')} "
+                f"epochs done, {path.name} in {out_dir.name}/): add --resume to continue it, or --restart to "
+                f"discard it and start over")
+        diff = config_differences(state.get("config") or {}, cfg.public())
+        if diff:
+            raise TrainingError(f"{name}: the unfinished run in {path.name} was made with another config "
+                                f"({'; '.join(diff)}); run it with its own options, or add --restart to discard it")
+        states[cfg.variant] = state
+    return states
 
-    torch.manual_seed(seed)
-    model = build_net(exp.arch, **kw)
-    init_weights(model, recipe.bn_gamma)
-    set_trainable(model, v.trainable)
-    model.to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                          weight_decay=recipe.weight_decay)
-    train_data = _Data(*train_split, info, v.input_transform, dev)
-    test_data = _Data(*test_split, info, v.input_transform, dev)
-    gen = torch.Generator().manual_seed(seed)
-    n, bs = len(train_data), recipe.batch_size
-    steps = (n + bs - 1) // bs
 
-    def ev(m: nn.Module) -> float:
-        return evaluate(m, test_data, recipe.eval_batch_size)
+def _finished(out_dir: Path, name: str, cfg: RunConfig) -> Optional[dict]:
+    """The finished record of ``name`` in ``out_dir`` when it was made with ``cfg`` and has its checkpoint."""
+    jpath, ckpt = out_dir / f"{name}.json", out_dir / f"{name}.safetensors"
+    if resume_path(out_dir, name).is_file() or not (jpath.is_file() and ckpt.is_file()):
+        return None
+    try:
+        rec = read_record(jpath)
+    except Exception:  # noqa: BLE001 - unreadable: train it again
+        return None
+    if rec.get("config") != cfg.public():
+        return None
+    return dict(rec, checkpoint_path=str(ckpt), record_path=str(jpath))
 
-    final_state: dict = {}
 
-    def final_pass() -> float:
-        """Round the weights to float16 (what is saved); test accuracy and measurements of exactly those.
-        One test pass serves the accuracy and the ReLU statistics."""
-        state = fp16_state(model)
-        model.load_state_dict({k: (t.float() if t.is_floating_point() else t) for k, t in state.items()})
-        model.eval()
+class _Run:
+    """One variant's training: the model, optimizer, data and generator, and the history so far."""
+
+    def __init__(self, exp: Experiment, cfg: RunConfig, info: DatasetInfo, train_split, test_split,
+                 dev: torch.device):
+        self.exp, self.cfg, self.info, self.dev = exp, cfg, info, dev
+        self.v = exp.variant(cfg.variant)
+        self.recipe = exp.recipe
+        self.name = exp.model_name(cfg.variant, cfg.seed)
+        self.input_size = transformed_size(self.v.input_transform, info.input_size)
+        kw = {**exp.arch_kwargs, **self.v.arch_kwargs, "in_channels": info.input_size[0],
+              "num_classes": info.num_classes}
+        if exp.arch == "banding-net":
+            kw["image_size"] = [self.input_size[1], self.input_size[2]]
+        self.arch_kwargs = kw
+
+        torch.manual_seed(cfg.seed)
+        model = build_net(exp.arch, **kw)
+        init_weights(model, self.recipe.bn_gamma)
+        set_trainable(model, self.v.trainable)
+        self.model = model.to(dev).to(memory_format=torch.channels_last)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        r = self.recipe
+        self.opt = torch.optim.SGD(self.params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
+                                   weight_decay=r.weight_decay)
+        self.train_data = _Data(*train_split, info, self.v.input_transform, dev)
+        self.test_data = _Data(*test_split, info, self.v.input_transform, dev)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[dict] = []
+        self.timing = {"train_images": 0, "train_seconds": 0.0}
+        self.resumed: list[dict] = []
+        self.epoch = 0  # complete epochs
+
+    # ---- evaluation -----------------------------------------------------------------------------------
+    def ev(self, model: nn.Module) -> float:
+        return evaluate(model, self.test_data, self.recipe.eval_batch_size, self.cfg.precision)
+
+    def point(self, epoch: float, step: int, lr: float, loss: Optional[float], train_acc: Optional[float],
+              images_per_s: Optional[float], seconds: Optional[float]) -> dict:
+        """A history point on the current weights: test accuracy (with the dead-ReLU share from the same
+        pass where the experiment measures it) and the weight metrics."""
+        extra = {}
+        if "dead_relu" in self.exp.measurements:
+            d = dead_relu(self.model, self.ev)
+            acc, extra["dead_relu"] = d["accuracy"], round(d["fraction"], 6)
+        else:
+            acc = self.ev(self.model)
+        row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": loss, "train_accuracy": train_acc,
+               "test_accuracy": acc, "images_per_s": images_per_s, "seconds": seconds, **extra,
+               "metrics": weight_metrics(self.model)}
+        self.history.append(row)
+        return row
+
+    def final_pass(self) -> tuple[dict, dict, float]:
+        """Round the weights to float16 (what is saved); (state, measurements, test accuracy) of exactly
+        those. One test pass serves the accuracy and the ReLU statistics."""
+        state = fp16_state(self.model)
+        self.model.load_state_dict({k: (t.float() if t.is_floating_point() else t) for k, t in state.items()})
+        self.model.eval()
         measurements, acc = {}, None
-        if "dead_relu" in exp.measurements:
-            measurements["dead_relu"] = MEASUREMENTS["dead_relu"](model, ev)
+        if "dead_relu" in self.exp.measurements:
+            measurements["dead_relu"] = MEASUREMENTS["dead_relu"](self.model, self.ev)
             acc = measurements["dead_relu"]["accuracy"]
-        acc = ev(model) if acc is None else acc
+        acc = self.ev(self.model) if acc is None else acc
         for m in MEASUREMENTS:  # in their declared order
-            if m in exp.measurements and m not in measurements:
-                measurements[m] = MEASUREMENTS[m](model, ev, acc)
-        final_state.update(state=state, measurements=measurements, accuracy=acc)
-        return acc
+            if m in self.exp.measurements and m not in measurements:
+                measurements[m] = MEASUREMENTS[m](self.model, self.ev, acc)
+        return state, measurements, acc
 
-    history = []
-    train_images, train_seconds = 0, 0.0
-    for epoch in range(epochs):
-        lr = recipe.lr_at(epoch, epochs)
-        for g in opt.param_groups:
+    # ---- resume -----------------------------------------------------------------------------------------
+    def state(self, command: str) -> dict:
+        return {"config": self.cfg.public(), "command": command, "epoch": self.epoch,
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": self.history, "timing": self.timing, "resumed": self.resumed}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = list(state["history"])
+        self.timing = dict(state["timing"])
+        self.epoch = int(state["epoch"])
+        self.resumed = list(state.get("resumed") or []) + [
+            {"from_epoch": self.epoch, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+
+    # ---- the run ------------------------------------------------------------------------------------------
+    def train(self, state: Optional[dict], state_path: Path, command: str, bar: bool, report: Reporter) -> dict:
+        t_start = time.time()
+        epochs = self.cfg.epochs
+        if state is not None:
+            self.restore(state)
+            report(self.epoch / (epochs + 1), f"{self.name}: resumed from epoch {self.epoch}/{epochs}")
+        elif epochs > 0:
+            self.point(0, 0, self.recipe.lr_at(0, epochs), None, None, None, None)  # the initialisation
+        final: Optional[tuple[dict, dict, float]] = None
+        while self.epoch < epochs:
+            row = self._epoch(bar, report, t_start)
+            if self.epoch < epochs:
+                save_state(state_path, self.state(command))
+            else:
+                final = self.final_pass()
+                # the last point: the saved (fp16) weights
+                row["test_accuracy"] = final[2]
+                if "dead_relu" in final[1]:
+                    row["dead_relu"] = round(final[1]["dead_relu"]["fraction"], 6)
+                row["metrics"] = weight_metrics(self.model)
+        if final is None:  # epochs = 0 (random)
+            final = self.final_pass()
+            self.history = [{"epoch": 0, "step": 0, "lr": self.recipe.lr, "train_loss": None, "train_accuracy": None,
+                             "test_accuracy": final[2], "images_per_s": None, "seconds": None,
+                             **({"dead_relu": round(final[1]["dead_relu"]["fraction"], 6)}
+                                if "dead_relu" in final[1] else {}),
+                             "metrics": weight_metrics(self.model)}]
+        return self._record(final, command, t_start)
+
+    def _epoch(self, bar: bool, report: Reporter, t_start: float) -> dict:
+        """Train one epoch (recording the first epoch's inner points); its end-of-epoch history row."""
+        epoch, epochs = self.epoch, self.cfg.epochs
+        model, dev, bs = self.model, self.dev, self.recipe.batch_size
+        lr = self.recipe.lr_at(epoch, epochs)
+        for g in self.opt.param_groups:
             g["lr"] = lr
         model.train()
-        perm = torch.randperm(n, generator=gen).to(dev)
+        n = len(self.train_data)
+        steps = (n + bs - 1) // bs
+        inner = first_epoch_steps(steps) if epoch == 0 else {}
+        perm = torch.randperm(n, generator=self.gen).to(dev)
         loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
         correct = torch.zeros((), device=dev, dtype=torch.int64)
         seen = 0
         pbar = None
         if bar:
-            from tqdm import tqdm
+            from tqdm import tqdm  # noqa: PLC0415 - the bar only where a terminal shows it
 
-            pbar = tqdm(total=steps, desc=f"{name} {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
+            pbar = tqdm(total=steps, desc=f"{self.name} {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
                         leave=True, mininterval=0.5)
-        t0 = time.perf_counter()
+        t0, paused = time.perf_counter(), 0.0
+        global_step = epoch * steps
         for i in range(steps):
             idx = perm[i * bs:(i + 1) * bs]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            x, y = train_data.batch(idx, recipe, gen)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
+            x, y = self.train_data.batch(idx, self.recipe, self.gen)
+            with autocast(dev, self.cfg.precision):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            self.opt.step()
             loss_sum += loss.detach().double() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(idx)
@@ -302,53 +474,99 @@ def _run_variant(exp: Experiment, vname: str, info: DatasetInfo, train_split, te
                     el = time.perf_counter() - t0
                     pbar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%",
                                      img_s=f"{seen / max(el, 1e-9):.0f}", refresh=False)
+            if i + 1 in inner:
+                el = time.perf_counter() - t0 - paused
+                t_point = time.perf_counter()
+                self.point(epoch + inner[i + 1], global_step + i + 1, lr, _finite(loss_sum.item() / seen),
+                           100.0 * correct.item() / seen, seen / max(el, 1e-9), el)
+                model.train()
+                paused += time.perf_counter() - t_point  # the points' test passes are not training time
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        el = time.perf_counter() - t0
-        train_images += seen
-        train_seconds += el
-        last = epoch == epochs - 1 and math.isfinite(loss_sum.item())
-        test_acc = final_pass() if last else ev(model)  # the last point: the saved (fp16) weights
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": _finite(loss_sum.item() / max(seen, 1)),
-               "train_accuracy": 100.0 * correct.item() / max(seen, 1), "test_accuracy": test_acc,
-               "images_per_s": seen / max(el, 1e-9), "seconds": el}
-        history.append(row)
+        el = time.perf_counter() - t0 - paused
+        self.timing["train_images"] += seen
+        self.timing["train_seconds"] += el
+        self.epoch = epoch + 1
+        loss_mean = _finite(loss_sum.item() / max(seen, 1))
+        last = self.epoch == epochs
+        if last:  # the test pass and the metrics come from the fp16 weights (train() fills them in)
+            row = {"epoch": self.epoch, "step": global_step + steps, "lr": lr, "train_loss": loss_mean,
+                   "train_accuracy": 100.0 * correct.item() / max(seen, 1), "test_accuracy": None,
+                   "images_per_s": seen / max(el, 1e-9), "seconds": el}
+            self.history.append(row)
+        else:
+            row = self.point(self.epoch, global_step + steps, lr, loss_mean, 100.0 * correct.item() / max(seen, 1),
+                             seen / max(el, 1e-9), el)
         if pbar is not None:
-            pbar.set_postfix(loss=f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "nan",
+            pbar.set_postfix(loss=f"{loss_mean:.3f}" if loss_mean is not None else "nan",
                              acc=f"{row['train_accuracy']:.1f}%", img_s=f"{row['images_per_s']:.0f}",
-                             test=f"{test_acc:.1f}%")
+                             test=f"{row['test_accuracy']:.1f}%" if row["test_accuracy"] is not None else "-")
             pbar.close()
-        report((epoch + 1) / (epochs + 1), f"{name}: epoch {epoch + 1}/{epochs}, loss {row['train_loss']}, "
-                                           f"test accuracy {test_acc:.2f}%")
-        if row["train_loss"] is None:
-            raise TrainingError(f"{name}: the training loss is not finite at epoch {epoch + 1} (lr {lr}); "
+        if loss_mean is None:
+            raise TrainingError(f"{self.name}: the training loss is not finite at epoch {self.epoch} (lr {lr}); "
                                 "the run diverged")
+        spent = time.time() - t_start
+        done_here = self.epoch - (self.resumed[-1]["from_epoch"] if self.resumed else 0)
+        left = spent / max(done_here, 1) * (epochs - self.epoch)
+        acc = f", test accuracy {row['test_accuracy']:.2f}%" if row["test_accuracy"] is not None else ""
+        since = f" (resumed from epoch {self.resumed[-1]['from_epoch']})" if self.resumed else ""
+        report(self.epoch / (epochs + 1), f"{self.name}: epoch {self.epoch}/{epochs}{since}, loss "
+                                         f"{loss_mean:.4f}{acc}, about {_duration(left)} left")
+        return row
 
-    if not final_state:  # epochs = 0 (random)
-        final_pass()
-    state, measurements, final = final_state["state"], final_state["measurements"], final_state["accuracy"]
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in params)
-    return {
-        "format": RECORD_FORMAT, "model": name, "experiment": exp.name, "variant": vname,
-        "description": v.description, "arch": exp.arch, "arch_kwargs": kw, "dataset": info.name,
-        "input_size": list(input_size), "mean": list(info.mean), "std": list(info.std),
-        "num_classes": info.num_classes,
-        "input_transform": ({"name": v.input_transform, "description": INPUT_TRANSFORMS[v.input_transform][1]}
-                            if v.input_transform else None),
-        "trainable": {"rule": v.trainable, "description": TRAINABLE[v.trainable]},
-        "recipe": recipe.public(), "epochs": epochs, "seed": seed, "limit": limit,
-        "train_size": len(train_data), "test_size": len(test_data), "params": n_params,
-        "trainable_params": n_train, "history": history, "final_test_accuracy": final,
-        "measurements": measurements,
-        "command": _command(exp.name, vname, info.name, epochs, device_arg, seed, limit, out),
-        "argv": list(sys.argv), "code_version": code_version(), "torch_version": torch.__version__,
-        "device": device_name(dev), "deterministic": True,
-        "images_per_s": (train_images / train_seconds) if train_seconds > 0 else None,
-        "train_seconds": train_seconds, "seconds": time.time() - t_start,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "_state": state,
-    }
+    def _record(self, final: tuple[dict, dict, float], command: str, t_start: float) -> dict:
+        state, measurements, acc = final
+        cfg, v, info = self.cfg, self.v, self.info
+        n_params = sum(p.numel() for p in self.model.parameters())
+        n_train = sum(p.numel() for p in self.params)
+        t = self.timing
+        return {
+            "format": RECORD_FORMAT, "model": self.name, "experiment": self.exp.name, "variant": cfg.variant,
+            "description": v.description, "arch": self.exp.arch, "arch_kwargs": self.arch_kwargs,
+            "dataset": info.name, "input_size": list(self.input_size), "mean": list(info.mean),
+            "std": list(info.std), "num_classes": info.num_classes,
+            "input_transform": ({"name": v.input_transform, "description": INPUT_TRANSFORMS[v.input_transform][1]}
+                                if v.input_transform else None),
+            "trainable": {"rule": v.trainable, "description": TRAINABLE[v.trainable]},
+            "recipe": self.recipe.public(), "epochs": cfg.epochs, "seed": cfg.seed, "limit": cfg.limit,
+            "precision": cfg.precision, "config": cfg.public(),
+            "train_size": len(self.train_data), "test_size": len(self.test_data), "params": n_params,
+            "trainable_params": n_train, "history": self.history, "final_test_accuracy": acc,
+            "plateau": plateau(self.history), "measurements": measurements, "command": command,
+            "argv": list(sys.argv), "code_version": code_version(), "torch_version": torch.__version__,
+            "device": device_name(self.dev), "deterministic": True, "resumed": self.resumed,
+            "images_per_s": (t["train_images"] / t["train_seconds"]) if t["train_seconds"] > 0 else None,
+            "train_seconds": t["train_seconds"], "seconds": time.time() - t_start,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "_state": state,
+        }
+
+
+#: a run is at its plateau when the test accuracy of its last PLATEAU_EPOCHS epochs spans at most this
+PLATEAU_POINTS = 0.5
+PLATEAU_EPOCHS = 3
+
+
+def plateau(history: Sequence[dict]) -> dict:
+    """Did the run reach its accuracy plateau? ``{reached, span, epochs, threshold}``: the test accuracy
+    over the last 3 complete epochs spans at most 0.5 points (``reached`` is None with fewer epochs)."""
+    accs = [r["test_accuracy"] for r in history
+            if isinstance(r.get("epoch"), int) and r["epoch"] > 0 and r.get("test_accuracy") is not None]
+    last = accs[-PLATEAU_EPOCHS:]
+    if len(last) < PLATEAU_EPOCHS:
+        return {"reached": None, "span": None, "epochs": PLATEAU_EPOCHS, "threshold": PLATEAU_POINTS}
+    span = max(last) - min(last)
+    return {"reached": span <= PLATEAU_POINTS, "span": round(span, 4), "epochs": PLATEAU_EPOCHS,
+            "threshold": PLATEAU_POINTS}
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def precompute_runs(records: Sequence[dict], settings: Optional[Settings] = None, device: str = "auto",
