@@ -25,7 +25,7 @@ from server.app import create_app
 
 from .errors import ModelError
 from .jobs import EmbeddedWorker, list_jobs, run_worker, submit
-from .names import InvalidName, check_layer_name
+from .names import InvalidName, check_layer_name, check_model_name
 from .registry import UnknownName, unknown_message
 from .settings import get_settings
 
@@ -257,9 +257,15 @@ def cmd_jobs(args) -> int:
 
 # ---- train / experiments ------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    from .devices import DeviceError
     from .experiments import EXPERIMENTS, DatasetError, RecordError, TrainingError, precompute_runs, train
+    from .experiments.resume import ResumeError
 
     settings = get_settings()
+    if args.list_runs or args.discard:
+        return _train_runs(args, settings)
+    if not args.experiment:
+        raise CLIError("name the experiment to train (see `convscope experiments list`), or use --list-runs")
     if args.queue:
         exp = EXPERIMENTS.get(args.experiment)  # unknown names fail here, with the close names
         for v in args.variant or []:
@@ -267,24 +273,62 @@ def cmd_train(args) -> int:
         if args.out is not None:
             raise CLIError("--queue writes to the workers' variant folder; drop --out (or train here without --queue)")
         job_args = {"experiment": args.experiment, "variants": args.variant, "dataset": args.dataset,
-                    "epochs": args.epochs, "device": args.device, "seed": args.seed, "limit": args.limit,
-                    "precompute": not args.no_precompute}
+                    "epochs": args.epochs, "device": args.device, "precision": args.precision, "seed": args.seed,
+                    "limit": args.limit, "precompute": not args.no_precompute}
         job = submit("train", {k: v for k, v in job_args.items() if v is not None}, settings)
         _p(f"{job['id']}  {job['state']}  (follow it with `convscope jobs`)")
         return 0
     try:
+        if args.estimate:
+            from .experiments.estimate import estimate, format_estimate
+
+            _p(format_estimate(estimate(args.experiment, args.variant, dataset=args.dataset, epochs=args.epochs,
+                                        device=args.device or settings.device, precision=args.precision,
+                                        limit=args.limit, settings=settings)))
+            return 0
         records = train(args.experiment, args.variant, dataset=args.dataset, epochs=args.epochs,
-                        device=args.device, seed=args.seed, limit=args.limit, out=args.out,
-                        settings=settings, progress=True, download=args.download)
-    except (DatasetError, TrainingError, RecordError) as e:
+                        device=args.device or settings.device, precision=args.precision, seed=args.seed,
+                        limit=args.limit, out=args.out, settings=settings, progress=True, download=args.download,
+                        resume=args.resume, restart=args.restart)
+    except (DatasetError, TrainingError, RecordError, ResumeError, DeviceError) as e:
         raise CLIError(str(e)) from None
     for r in records:
         _p(f"{r['model']}: test accuracy {r['final_test_accuracy']:.2f}% after {r['epochs']} epochs "
            f"({r['seconds']:.1f} s) -> {r['checkpoint_path']}")
     if not args.no_precompute:
-        outcome = precompute_runs(records, settings, device=args.device, log=_p)
+        outcome = precompute_runs(records, settings, device=args.device or settings.device, log=_p)
         if any(o.startswith("failed") for o in outcome.values()):
             return 1
+    return 0
+
+
+def _train_runs(args, settings) -> int:
+    """``--list-runs``: the unfinished runs (resume states) in the variant folders and ``--out``;
+    ``--discard NAME``: delete one."""
+    from .experiments.records import local_variants_dir
+    from .experiments.resume import discard, find_states, summary
+
+    folders = [local_variants_dir(settings), settings.reference_dir] + ([args.out] if args.out else [])
+    if args.discard:
+        check_model_name(args.discard)
+        gone = discard(folders, args.discard)
+        if gone is None:
+            raise CLIError(f"no unfinished run named {args.discard!r}; `convscope train --list-runs` lists them")
+        _p(f"discarded the unfinished run {args.discard} ({gone.name})")
+        return 0
+    runs = [summary(p) for p in find_states(folders)]
+    if args.json:
+        print(json.dumps(runs, indent=1))
+        return 0
+    if not runs:
+        _p("no unfinished runs")
+    for r in runs:
+        if "error" in r:
+            _p(f"{r['model']}: {r['error']}")
+            continue
+        acc = f", test accuracy {r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else ""
+        _p(f"{r['model']}: {r['epoch']}/{r['epochs']} epochs done{acc} (saved {r['updated']})\n"
+           f"  resume:  {r['resume']}\n  discard: {r['discard']}")
     return 0
 
 
@@ -376,12 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     jb.set_defaults(func=cmd_jobs)
 
     tr = sub.add_parser("train", help="train the variants of an experiment (see `convscope experiments list`)")
-    tr.add_argument("experiment")
+    tr.add_argument("experiment", nargs="?")
     tr.add_argument("--variant", action="extend", nargs="+", metavar="V",
                     help="variants to train (default: all declared; 'random' saves the untrained init)")
     tr.add_argument("--dataset", help="fashion-mnist, mnist or cifar10 (default: the experiment's)")
     tr.add_argument("--epochs", type=int, help="default: the experiment's recipe")
-    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: CONVSCOPE_DEVICE (auto)")
+    tr.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                    help="bf16 autocast or fp32 (default: CONVSCOPE_TRAIN_PRECISION, auto: bf16 where the "
+                         "device multiplies bfloat16 in hardware)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--limit", type=int, help="use only the first N training and N test images (tiny runs)")
     tr.add_argument("--out", type=Path, help="output folder (default: <data_dir>/variants; reference/ for references)")
@@ -390,6 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not run the analyses on the trained variants (default: precompute them)")
     tr.add_argument("--queue", action="store_true",
                     help="submit a train job to the queue (a `convscope worker` runs it) instead of training here")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue unfinished runs from their last complete epoch; skip variants already trained "
+                         "with the same options")
+    tr.add_argument("--restart", action="store_true", help="discard unfinished runs of these variants and start over")
+    tr.add_argument("--estimate", action="store_true",
+                    help="time a short burst and print the expected wall time of the run on this machine")
+    tr.add_argument("--list-runs", action="store_true", help="list unfinished runs, with how to resume or discard them")
+    tr.add_argument("--discard", metavar="MODEL", help="delete the resume state of an unfinished run")
+    tr.add_argument("--json", action="store_true", help="with --list-runs: JSON")
     tr.set_defaults(func=cmd_train)
 
     ex = sub.add_parser("experiments", help="the experiments and their variants")

@@ -152,6 +152,36 @@ def gamma_below(rec: dict, threshold: str = "0.01") -> Optional[dict]:
     return {"value": num / den, "source": "weights"} if den else None
 
 
+def training_history(extra: dict) -> Optional[dict]:
+    """The run's history (precompute/experiments/history.py) as series over training progress, for the
+    training-history figure: ``{epoch: [...], test_accuracy, train_loss, dead_relu: [...] | None,
+    gamma: {threshold: [...]}, banding: {layer: [...]}, symmetry: {layer: [...]}, layers: [conv layers]}``
+    (x = epochs of training done: 0, 0.125, 0.25, 0.5, 1, 2, ...). None for a run without history; runs
+    made before the weight metrics existed give only accuracy and loss (their metric series are empty)."""
+    rows = [r for r in extra.get("history") or [] if isinstance(r, dict) and _finite(r.get("epoch")) is not None]
+    if not rows:
+        return None
+    rows.sort(key=lambda r: r["epoch"])
+
+    def series(get) -> list:
+        return [get(r) for r in rows]
+
+    def keyed(metric: str) -> dict[str, list]:
+        keys: list[str] = []
+        for r in rows:
+            for k in (r.get("metrics") or {}).get(metric) or {}:
+                if k not in keys:
+                    keys.append(k)
+        return {k: series(lambda r, k=k: _finite(((r.get("metrics") or {}).get(metric) or {}).get(k))) for k in keys}
+
+    dead = series(lambda r: _finite(r.get("dead_relu")))
+    banding = keyed("banding")
+    return {"epoch": series(lambda r: r["epoch"]), "test_accuracy": series(lambda r: _finite(r.get("test_accuracy"))),
+            "train_loss": series(lambda r: _finite(r.get("train_loss"))),
+            "dead_relu": dead if any(v is not None for v in dead) else None,
+            "gamma": keyed("gamma"), "banding": banding, "symmetry": keyed("symmetry"), "layers": list(banding)}
+
+
 def variant_row(experiment: str, variant: str, rec: dict) -> dict:
     """One row of the experiment table: the run and its headline numbers (see the module docstring)."""
     extra = _extra(rec)
@@ -186,6 +216,9 @@ def variant_row(experiment: str, variant: str, rec: dict) -> dict:
         "nmf_layers": _nmf_layers(rec),
         "status": rec.get("status"),
         "profiles": {"symmetry": prof["symmetry"], "banding": prof["banding"]},
+        "history": training_history(extra),
+        "plateau": extra.get("plateau") if isinstance(extra.get("plateau"), dict) else None,
+        "resumed": [r.get("from_epoch") for r in extra.get("resumed") or [] if isinstance(r, dict)],
     }
 
 

@@ -178,3 +178,53 @@ def test_unknown_experiment_page(page):
     assert "nope" in page.inner_text("#error-message")
     assert page.locator(".known a[href='/experiments/banding']").count() == 1
     shot(page, "experiment-404")
+
+
+def test_training_history_charts_from_the_real_runs(page, exp_runs):
+    """The 'During training' charts: one line per variant of each quantity the runs measured as they trained,
+    equal to the run records' histories; the layer and the gamma threshold are in the URL; the PNG export has
+    every chart at full size, the CSV every point."""
+    exp = "banding"
+    api = page.request.get(f"/api/experiments/{exp}").json()
+    page.goto(f"/experiments/{exp}")
+    ready(page, 60000)
+    charts = page.locator("#history-charts [data-chart]")
+    assert [charts.nth(i).get_attribute("data-chart") for i in range(charts.count())] == [
+        "acc", "loss", "banding", "symmetry", "gamma", "dead"]
+    n = len(TRAINED[exp])
+    for i in range(charts.count()):
+        assert charts.nth(i).evaluate("d => d.data.length") == n
+    trained = [v for v in api["variants"] if v["variant"] != "random"]
+    for v in trained:  # the plotted points are the record's history, x = epochs of training done
+        rec = exp_runs[exp][v["variant"]]
+        trace = page.evaluate(f"[...document.querySelectorAll('#history-charts [data-chart=acc]')][0].data"
+                              f".find(t => t.name.startsWith({v['variant']!r}))")
+        assert trace["x"] == [r["epoch"] for r in rec["history"]] == [0, 0.5, 1]
+        assert trace["y"] == [r["test_accuracy"] for r in rec["history"]]
+        band = page.evaluate(f"document.querySelector('#history-charts [data-chart=banding]').data"
+                             f".find(t => t.name.startsWith({v['variant']!r})).y")
+        assert band == [r["metrics"]["banding"]["features.conv6"] for r in rec["history"]]
+    assert page.input_value("#hlayer-select") == "features.conv6"
+    shot(page, "experiment-history")
+    page.select_option("#hlayer-select", "features.conv2")
+    page.wait_for_function("location.search.includes('hlayer=features.conv2')")
+    page.wait_for_function("document.querySelector('#history-charts [data-chart=banding]').layout.title.text"
+                           ".includes('features.conv2')")
+    page.select_option("#hgamma-select", "0.1")
+    page.wait_for_function("location.search.includes('hgamma=0.1')")
+    rec = exp_runs[exp]["baseline"]
+    gam = page.evaluate("document.querySelector('#history-charts [data-chart=gamma]').data"
+                        ".find(t => t.name.startsWith('baseline')).y")
+    assert gam == [r["metrics"]["gamma"]["0.1"] for r in rec["history"]]
+    with page.expect_download() as d:
+        page.click("#fig-history [data-export=png]")
+    png = Path(d.value.path()).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width = int.from_bytes(png[16:20], "big")
+    assert width >= 2 * 1800  # two columns of charts exported at 900 px, scale 2
+    with page.expect_download() as d:
+        page.click("#fig-history [data-export=csv]")
+    lines = Path(d.value.path()).read_text().strip().splitlines()
+    assert lines[0].startswith("variant,model,epoch,test_accuracy,train_loss,dead_relu,gamma_below_0.1,"
+                               "banding_features.conv2")
+    assert len(lines) == 1 + sum(len(exp_runs[exp][v]["history"]) for v in TRAINED[exp])

@@ -2,6 +2,7 @@
  * banding profiles, cluster proportions across variants and layers). The index page (/experiments) only needs
  * to say it is ready. View parameters live in the query string:
  *   layer=<conv layer of the grids>  k=4..19 (clusters)  clayers=<layer>,<layer> (layers of the cluster figure)
+ *   hlayer=<conv layer of the training-history charts>  hgamma=0.01|0.05|0.1 (threshold of the gamma chart)
  * Controls push a history entry; back/forward restore the view (popstate). */
 "use strict";
 (() => {
@@ -11,7 +12,11 @@
   const colour = (i) => CS.palette[i % CS.palette.length];
   const stem = (s) => `${D.name}_${s}`;
   const V = D.variants;
-  const DEFAULTS = { layer: D.default_layer || "", k: String(D.default_k || 8), clayers: (D.cluster_layers || []).join(",") };
+  // conv layers with a training history (the union over variants, in execution order of the first that has them)
+  const HLAYERS = [];
+  V.forEach((r) => ((r.history && r.history.layers) || []).forEach((l) => { if (!HLAYERS.includes(l)) HLAYERS.push(l); }));
+  const DEFAULTS = { layer: D.default_layer || "", k: String(D.default_k || 8), clayers: (D.cluster_layers || []).join(","),
+    hlayer: HLAYERS.length ? HLAYERS[HLAYERS.length - 1] : "", hgamma: "0.01" };
 
   function read(q) {
     const s = Object.assign({}, DEFAULTS, q);
@@ -20,7 +25,9 @@
     s.k = String(isNaN(k) ? DEFAULTS.k : Math.max(4, Math.min(19, k)));
     const cl = String(s.clayers || "").split(",").filter((l) => D.layers.includes(l));
     s.clayers = (cl.length ? cl : DEFAULTS.clayers.split(",").filter(Boolean)).join(",");
-    return { layer: s.layer, k: s.k, clayers: s.clayers };
+    if (!HLAYERS.includes(s.hlayer)) s.hlayer = DEFAULTS.hlayer;
+    if (!["0.01", "0.05", "0.1"].includes(s.hgamma)) s.hgamma = DEFAULTS.hgamma;
+    return { layer: s.layer, k: s.k, clayers: s.clayers, hlayer: s.hlayer, hgamma: s.hgamma };
   }
   let state = read(CS.query());
   function push(changes) {
@@ -50,9 +57,14 @@
   function renderControls() {
     el("layer-select").value = state.layer;
     el("k-select").value = state.k;
+    el("hlayer-select").value = state.hlayer;
+    el("hgamma-select").value = state.hgamma;
     const chosen = state.clayers.split(",");
     CS.$$("#cluster-layers input").forEach((c) => { c.checked = chosen.includes(c.value); });
   }
+  el("hlayer-select").innerHTML = HLAYERS.map((l) => `<option value="${CS.escapeHTML(l)}">${CS.escapeHTML(l)}</option>`).join("");
+  el("hlayer-select").onchange = (ev) => push({ hlayer: ev.target.value });
+  el("hgamma-select").onchange = (ev) => push({ hgamma: ev.target.value });
   el("layer-select").onchange = (ev) => push({ layer: ev.target.value });
   el("k-select").onchange = (ev) => push({ k: ev.target.value });
   CS.$$("#cluster-layers input").forEach((c) => {
@@ -96,7 +108,9 @@
         (h) => CS.urls.neuronPage(r.model, layer, h.neuron));
     });
     CS.figure("grids", stem(`grids_${layer}`), {
-      png: async () => CS.composePNG(CS.$$("canvas", box), V.filter((_, i) => !nmfs[i].failed).map((r) => `${r.variant} · ${layer}`), { size: 300, cols: Math.min(3, V.length), bg: "#0b1020" }),
+      png: async () => CS.gridsPNG(V.map((r, i) => [r, nmfs[i]]).filter(([, n]) => !n.failed).map(([r, n]) => ({
+        title: `${r.variant} · ${layer}`, subtitle: `${r.model}: ${n.order.length} neurons, banding index ${CS.fmt(n.banding_index, 3)}`,
+        images: n.images, order: n.order })), { title: `${D.title}: neuron grids of ${layer}` }),
       csv: () => [["variant", "model", "layer", "position", "neuron", "error"]].concat(V.flatMap((r, i) => (nmfs[i].order || []).map((j, q) => [r.variant, r.model, layer, q, j, (nmfs[i].error || [])[j]]))),
       json: () => ({ experiment: D.name, layer, variants: V.map((r, i) => ({ variant: r.variant, model: r.model, order: nmfs[i].order, banding_index: nmfs[i].banding_index, images: nmfs[i].images })) }),
     });
@@ -125,6 +139,68 @@
     const rowsOf = (key) => [["variant", "model", "layer", "value", "strided"]].concat(V.flatMap((r) => r.profiles[key].map((p) => [r.variant, r.model, p.layer, p.value, !!p.strided])));
     CS.figure("esymmetry", stem("symmetry_profiles"), { png: () => CS.plotPNG(el("plot-esymmetry")), csv: () => rowsOf("symmetry"), json: () => V.map((r) => ({ variant: r.variant, model: r.model, symmetry: r.profiles.symmetry })) });
     CS.figure("ebanding", stem("banding_profiles"), { png: () => CS.plotPNG(el("plot-ebanding")), csv: () => rowsOf("banding"), json: () => V.map((r) => ({ variant: r.variant, model: r.model, banding: r.profiles.banding })) });
+  }
+
+  // ---- during training: one small chart per measured quantity, one line per variant ----------------------
+  const HCHARTS = [
+    { id: "acc", title: "test accuracy (%)", get: (h) => h.test_accuracy },
+    { id: "loss", title: "training loss", get: (h) => h.train_loss, log: true },
+    { id: "banding", title: () => `banding index · ${state.hlayer}`, get: (h) => (h.banding || {})[state.hlayer], range: [-1.05, 1.05] },
+    { id: "symmetry", title: () => `symmetry S · ${state.hlayer}`, get: (h) => (h.symmetry || {})[state.hlayer], range: [0, 1.02] },
+    { id: "gamma", title: () => `share of |γ| < ${state.hgamma}`, get: (h) => (h.gamma || {})[state.hgamma], pct: true },
+    { id: "dead", title: "dead ReLU channels (share)", get: (h) => h.dead_relu, pct: true },
+  ];
+  const hv = V.map((r, i) => [r, i]).filter(([r]) => r.history && r.history.epoch.length);
+  const plateauTag = (r) => (r.plateau && r.plateau.reached === false ? " (not at plateau)" : "");
+  async function renderHistory() {
+    const box = el("history-charts");
+    if (!hv.length) { box.innerHTML = `<div class="loading">no run here recorded a training history</div>`; return; }
+    const shown = HCHARTS.filter((c) => hv.some(([r]) => (c.get(r.history) || []).some((v) => v !== null && v !== undefined)));
+    if (!box.querySelector("[data-chart]")) box.innerHTML = "";
+    CS.$$("[data-chart]", box).forEach((d) => { if (!shown.some((c) => c.id === d.dataset.chart)) d.remove(); });
+    for (const c of shown) {
+      let div = box.querySelector(`[data-chart="${c.id}"]`);
+      if (!div) { div = document.createElement("div"); div.dataset.chart = c.id; box.appendChild(div); }
+      const traces = hv.map(([r, i]) => ({ type: "scatter", mode: "lines+markers", name: r.variant + plateauTag(r), x: r.history.epoch,
+        y: c.get(r.history) || [], line: { color: colour(i), width: 2, dash: r.plateau && r.plateau.reached === false ? "dot" : "solid" },
+        marker: { size: 5 }, connectgaps: true,
+        hovertemplate: `${CS.escapeHTML(r.variant)} · epoch %{x}<br>%{y${c.pct ? ":.1%" : ":.4g"}}<extra></extra>` }));
+      const title = typeof c.title === "function" ? c.title() : c.title;
+      await CS.plot(div, traces, { height: 260, title: { text: CS.escapeHTML(title), font: { size: 13 }, x: 0.02, xanchor: "left" },
+        margin: { t: 34, r: 10, b: 40, l: 52 }, showlegend: c.id === "acc",
+        legend: { orientation: "h", y: -0.28, font: { size: 11 } },
+        xaxis: { title: { text: "epochs of training" }, rangemode: "tozero" },
+        yaxis: Object.assign({ automargin: true }, c.range ? { range: c.range } : {}, c.pct ? { tickformat: ".0%", rangemode: "tozero" } : {},
+          c.log ? { type: "log" } : {}) });
+    }
+    const rows = () => [["variant", "model", "epoch", "test_accuracy", "train_loss", "dead_relu", `gamma_below_${state.hgamma}`,
+      `banding_${state.hlayer}`, `symmetry_${state.hlayer}`]].concat(hv.flatMap(([r]) => r.history.epoch.map((e, j) => {
+      const h = r.history, at = (a) => (a ? a[j] : null);
+      return [r.variant, r.model, e, at(h.test_accuracy), at(h.train_loss), at(h.dead_relu), at((h.gamma || {})[state.hgamma]),
+        at((h.banding || {})[state.hlayer]), at((h.symmetry || {})[state.hlayer])];
+    })));
+    CS.figure("history", stem("training_history"), {
+      png: () => chartsPNG(CS.$$("[data-chart]", box), `${D.title}: during training (layer ${state.hlayer})`),
+      csv: rows,
+      json: () => ({ experiment: D.name, variants: hv.map(([r]) => ({ variant: r.variant, model: r.model, plateau: r.plateau, resumed: r.resumed, history: r.history })) }),
+    });
+  }
+  /** Several Plotly charts as one PNG: two columns, each chart at 900 px wide, a title on top. */
+  async function chartsPNG(divs, title) {
+    const urls = await Promise.all(divs.map((d) => CS.plotPNG(d)));
+    const imgs = await Promise.all(urls.map((u) => new Promise((ok) => { const im = new Image(); im.onload = () => ok(im); im.src = u; })));
+    const cols = 2, w = Math.max(...imgs.map((i) => i.width)), h = Math.max(...imgs.map((i) => i.height)), head = 90;
+    const out = document.createElement("canvas");
+    out.width = cols * w;
+    out.height = head + Math.ceil(imgs.length / cols) * h;
+    const ctx = out.getContext("2d");
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, out.width, out.height);
+    ctx.fillStyle = "#101828";
+    ctx.font = "600 40px system-ui, sans-serif";
+    ctx.fillText(title, 40, 60);
+    imgs.forEach((im, k) => ctx.drawImage(im, (k % cols) * w, head + Math.floor(k / cols) * h));
+    return out.toDataURL("image/png");
   }
 
   // ---- cluster proportions (figure 12) -------------------------------------------------------------
@@ -171,13 +247,14 @@
     try {
       await renderGrids();
       if (mine !== seq) return;
-      await Promise.all([renderProfiles(), renderClusters()]);
+      await Promise.all([renderHistory(), renderProfiles(), renderClusters()]);
     } catch (e) { CS.toast(e.message); }
     if (mine === seq) document.body.dataset.ready = "1";
   }
   // a URL with a layer or k that does not exist here is normalised in place
   const q = CS.query();
-  if ((q.layer && q.layer !== state.layer) || (q.k && q.k !== state.k) || (q.clayers && q.clayers !== state.clayers)) {
+  if ((q.layer && q.layer !== state.layer) || (q.k && q.k !== state.k) || (q.clayers && q.clayers !== state.clayers) ||
+      (q.hlayer && q.hlayer !== state.hlayer) || (q.hgamma && q.hgamma !== state.hgamma)) {
     const fixed = {};
     Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k]) fixed[k] = state[k]; });
     CS.setQuery(fixed, { replace: true });
