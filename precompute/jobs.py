@@ -474,7 +474,8 @@ def workers_dir(settings: Settings) -> Path:
 
 
 def _presence_path(settings: Settings, token: str) -> Path:
-    return workers_dir(settings) / f"{token}.json"
+    # not .json: the cache's own walks (Cache.iter_entries, verify_all) take every .json file for an entry
+    return workers_dir(settings) / f"{token}.worker"
 
 
 def live_workers(settings: Settings) -> list[dict]:
@@ -483,7 +484,7 @@ def live_workers(settings: Settings) -> list[dict]:
     out, now = [], time.time()
     folder = workers_dir(settings)
     if folder.is_dir():
-        for p in folder.glob("*.json"):
+        for p in folder.glob("*.worker"):
             if p.name.startswith("."):
                 continue
             try:
@@ -497,7 +498,7 @@ def live_workers(settings: Settings) -> list[dict]:
 
 def _forget_dead_workers(settings: Settings) -> None:
     now = time.time()
-    for p in workers_dir(settings).glob("*.json"):
+    for p in workers_dir(settings).glob("*.worker"):
         try:
             if now - p.stat().st_mtime > PRESENCE_FORGET_S:
                 p.unlink()
