@@ -134,6 +134,103 @@ class Clusters(_Open):
     sizes: list[int]
 
 
+class FindingsThresholds(_Open):
+    banding_noise_floor: Optional[float] = Field(..., description="largest |banding index| of any layer of any "
+                                                 "untrained model in the cache (None: no untrained model)")
+    banding_rule: str
+    gamma: float = Field(..., description="|gamma| below this: a switched-off BatchNorm channel")
+    gamma_loose: float
+    symmetry_rule: str
+    colour_rule: str
+
+
+class _FindingRow(_Open):
+    model: str
+    family: str
+    untrained: bool
+    twin: Optional[str] = Field(..., description="the model's random twin in the cache, if any")
+    url: str = Field(..., description="the view that shows the row")
+
+
+class BandingFinding(_FindingRow):
+    layer: str
+    human: Optional[str] = None
+    value: float = Field(..., description="banding index (+1: horizontal stripes)")
+    depth: float = Field(..., description="position among the model's convs, 0..1")
+    nmf_error: Optional[float] = None
+    twin_value: Optional[float] = None
+    banded: bool = Field(..., description="trained, and |index| above the noise floor")
+
+
+class SymmetryDrop(_FindingRow):
+    layer: str
+    human: Optional[str] = None
+    S: float = Field(..., description="the strided layer's symmetry score")
+    baseline: float = Field(..., description="mean S of the model's unstrided convs after the first")
+    drop: float
+    uneven: bool = Field(..., description="the layer pads unevenly")
+    kernel: Optional[list[int]] = None
+    twin_drop: Optional[float] = None
+    beyond_twin: bool
+
+
+class GammaFinding(_FindingRow):
+    share: float = Field(..., description="share of BatchNorm channels with |gamma| < thresholds.gamma")
+    count: int
+    channels: int
+    share_loose: Optional[float] = None
+    twin_share: Optional[float] = None
+
+
+class ColourFinding(_FindingRow):
+    layer: str
+    feeder: Optional[str] = None
+    filters: int
+    corr_svd: list[Optional[float]]
+    corr_pca: list[Optional[float]]
+    best: float
+    best_basis: str = Field(..., description="svd or pca")
+    best_component: int
+    human: Optional[str] = None
+    feeder_human: Optional[str] = None
+    twin_best: Optional[float] = None
+    beyond_twin: bool
+
+
+class TwinFinding(_Open):
+    model: str
+    family: str
+    twin: str
+    banding_last: Optional[float] = None
+    twin_banding_last: Optional[float] = None
+    symmetry: Optional[float] = None
+    twin_symmetry: Optional[float] = None
+    gamma_share: Optional[float] = None
+    twin_gamma_share: Optional[float] = None
+    colour_best: Optional[float] = None
+    twin_colour_best: Optional[float] = None
+    url: str
+    twin_url: str
+
+
+class FindingsCounts(_Open):
+    models: int
+    untrained: int
+    banded: int
+
+
+class Findings(_Open):
+    """What the zoo shows, ranked (``server/findings.py``: ``compute_findings``)."""
+
+    thresholds: FindingsThresholds
+    banding: list[BandingFinding]
+    symmetry_drops: list[SymmetryDrop]
+    gamma: list[GammaFinding]
+    colour_axis: list[ColourFinding]
+    twins: list[TwinFinding]
+    counts: FindingsCounts
+
+
 class Architectures(_Open):
     architectures: list[str]
     input_sizes: dict[str, list[int]]
