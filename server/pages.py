@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from .data import Explorer, ExplorerError, NotFound, nearest
-from .jobs import get_job, public_job, recent_jobs
+from .jobs import get_job, public_job, recent_jobs, worker_status
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "frontend" / "static"
@@ -294,11 +294,14 @@ def upload_page(request: Request):
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request):
-    """Every recent job (precompute, upload, train), newest first, with its state and progress."""
-    jobs = [public_job(j) for j in recent_jobs(request.app.state.settings, 200)]
+    """Every recent job (precompute, upload, train), newest first, with its state and progress, and the
+    workers' state (the embedded worker alive, restarted N times, or down with its last exit), the same
+    object ``/healthz`` and ``/api/jobs`` report: queued jobs that never start are explained here."""
+    settings = request.app.state.settings
+    jobs = [public_job(j) for j in recent_jobs(settings, 200)]
     counts = {s: sum(1 for j in jobs if j["state"] == s) for s in ("queued", "running", "done", "failed")}
     return render(request, "jobs.html", title="jobs · convscope", crumbs=[{"label": "Jobs"}], jobs=jobs,
-                  counts=counts, boot={"page": "jobs"})
+                  counts=counts, workers=worker_status(settings, request.app.state.embedded), boot={"page": "jobs"})
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

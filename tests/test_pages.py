@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +140,71 @@ def test_jobs_page_lists_jobs(tmp_settings):
             assert f'href="/jobs/{job["id"]}"' in r.text and f'data-job="{job["id"]}"' in r.text
         r = client.get(f"/jobs/{jobs[0]['id']}")
         assert r.status_code == 200 and '<a href="/jobs">Jobs</a>' in r.text
+
+
+def _workers_card(client) -> tuple[dict, str]:
+    r = client.get("/jobs")
+    assert r.status_code == 200
+    m = re.search(r'<section class="card" id="workers"([^>]*)>(.*?)</section>', r.text, re.S)
+    assert m, "the jobs page has no workers card"
+    return dict(re.findall(r'data-([a-z-]+)="([^"]*)"', m.group(1))), " ".join(re.sub(r"<[^>]+>", "", m.group(2)).split())
+
+
+def _wait_card(client, until, timeout: float = 90) -> tuple[dict, str]:
+    deadline = time.time() + timeout
+    while True:
+        attrs, text = _workers_card(client)
+        if until(attrs) or time.time() > deadline:
+            return attrs, text
+        time.sleep(0.05)
+
+
+def test_jobs_page_shows_the_embedded_workers_state(tmp_settings, monkeypatch):
+    """/jobs says whether jobs will run: the embedded worker of `convscope serve` alive, then down with its
+    last exit after a SIGKILL, then alive again and restarted once (a real `convscope worker` process under
+    the real supervisor); without an embedded worker, how many workers are alive."""
+    from fastapi.testclient import TestClient
+
+    import precompute.jobs as pjobs
+    from precompute.jobs import EmbeddedWorker
+    from server.app import create_app
+    from server_fixtures import settings_env
+
+    with TestClient(create_app(tmp_settings)) as client:
+        attrs, text = _workers_card(client)
+        assert attrs == {"ok": "false"} and "no worker is running" in text, (attrs, text)
+
+    # the worker process reads its settings from the environment, as under `convscope serve`
+    for k, v in settings_env(tmp_settings).items():
+        if k.startswith("CONVSCOPE_"):
+            monkeypatch.setenv(k, v)
+    # down for 5 s instead of 1 s after the kill, so that a loaded machine's poll sees the "down" state
+    monkeypatch.setattr(pjobs, "RESTART_MIN_S", 5.0)
+    worker = EmbeddedWorker().start()
+    try:
+        with TestClient(create_app(tmp_settings, embedded=worker)) as client:
+            attrs, text = _workers_card(client)
+            assert attrs["embedded"] == "running" and attrs["restarts"] == "0" and attrs["ok"] == "true", (attrs, text)
+            assert "is alive." in text and "restarted" not in text and "down" not in text, text
+            # counted among the live workers once its presence file is written (it has started)
+            deadline = time.time() + 90
+            while "1 worker alive in all" not in text and time.time() < deadline:
+                time.sleep(0.2)
+                attrs, text = _workers_card(client)
+            assert "1 worker alive in all" in text, text
+
+            first = worker.proc.pid
+            os.kill(first, signal.SIGKILL)
+            attrs, text = _wait_card(client, lambda a: a["embedded"] != "running")
+            assert attrs["embedded"] == "restarting" and attrs["ok"] == "false", (attrs, text)
+            assert "is down (restarting; last exit: killed by SIGKILL)" in text, text
+
+            attrs, text = _wait_card(client, lambda a: a["embedded"] == "running")
+            assert attrs["embedded"] == "running" and attrs["restarts"] == "1" and attrs["ok"] == "true", (attrs, text)
+            assert "is alive, restarted 1 time (last stop: killed by SIGKILL)." in text, text
+            assert worker.proc.pid != first and worker.proc.poll() is None
+    finally:
+        worker.stop()
 
 
 def test_compare_boot_splits_the_pairs_that_exist_from_the_gone_ones(srv_client, srv_records):
