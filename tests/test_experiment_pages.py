@@ -19,18 +19,6 @@ from experiment_fixtures import REPO, TRAINED, needs_fashion  # noqa: E402
 pytestmark = [pytest.mark.slow, needs_fashion]
 
 
-def test_known_mirrors_the_registry():
-    """server/experiments.py cannot import torch, so it mirrors the registry; the two stay equal."""
-    from precompute.experiments import EXPERIMENTS
-    from server.experiments import KNOWN
-
-    assert list(KNOWN) == list(EXPERIMENTS)
-    for name, exp in EXPERIMENTS.items():
-        pub = exp.public()
-        assert KNOWN[name] == {"title": pub["title"], "description": pub["description"], "paper": pub["paper"],
-                               "variants": [v["name"] for v in pub["variants"]], "measurements": pub["measurements"]}
-
-
 def test_server_stays_torch_free():
     code = ("import sys, server.experiments, server.app; from server.app import create_app; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
@@ -194,3 +182,53 @@ def test_nav_links_the_experiments(exp_client):
 def test_openapi_documents_the_endpoints(exp_client):
     paths = exp_client.get("/openapi.json").json()["paths"]
     assert "/api/experiments" in paths and "/api/experiments/{experiment}" in paths
+
+
+ALLOWED_VERDICTS = {"reproduced", "not reproduced", "inconclusive", "not measured"}
+
+
+@pytest.mark.parametrize("exp", list(TRAINED))
+def test_verdicts_plateau_and_history_reach_the_page(exp_client, exp_runs, exp):
+    from server.verdicts import experiment_verdicts
+
+    d = exp_client.get(f"/api/experiments/{exp}").json()
+    assert d["verdicts"] and d["verdicts"] == experiment_verdicts(exp, d["variants"])
+    for v in d["verdicts"]:
+        assert v["verdict"] in ALLOWED_VERDICTS and v["effect"] and v["paper"] and v["measured"] and v["threshold"]
+    # one-epoch runs are short of any plateau (3 epochs needed to judge): every trained run is named
+    trained = [f"{exp}-{v}" for v in TRAINED[exp] if v != "random"]
+    assert sorted(d["not_at_plateau"]) == sorted(trained)
+    for row in d["variants"]:
+        rec = exp_runs[exp][row["variant"]]
+        assert row["plateau"] == rec["plateau"] and row["seeds"] == []
+        h = row["history"]
+        assert h["epoch"] == [r["epoch"] for r in rec["history"]]
+        assert h["test_accuracy"] == [r["test_accuracy"] for r in rec["history"]]
+        last = rec["history"][-1]["metrics"]
+        assert {layer: s[-1] for layer, s in h["banding"].items()} == last["banding"]
+        assert {t: s[-1] for t, s in h["gamma"].items()} == last["gamma"]
+    html = exp_client.get(f"/experiments/{exp}").text
+    assert len(re.findall(r'<tr data-verdict="([^"]+)"', html)) == len(d["verdicts"])
+    assert html.count('class="plateau-warn"') >= len(trained)
+
+
+def test_seeds_of_a_variant_are_one_row_with_their_spread(tmp_path):
+    """Seeds 0 and 1 of one variant: one table row (seed 0), the other seed under ``seeds``, both in the verdicts."""
+    from fastapi.testclient import TestClient
+
+    from experiment_fixtures import convscope
+    from precompute.settings import Settings
+    from server.app import create_app
+
+    settings = Settings(data_dir=tmp_path / "data", reference_dir=tmp_path / "ref", store_dir=tmp_path / "store",
+                        zoo_dir=None, device="cpu")
+    for seed in ("0", "1"):
+        convscope(settings, "train", "banding", "--variant", "baseline", "--limit", "64", "--epochs", "1",
+                  "--seed", seed)
+    d = TestClient(create_app(settings)).get("/api/experiments/banding").json()
+    (row,) = d["variants"]
+    assert row["model"] == "banding-baseline" and row["seed"] == 0
+    assert [s["model"] for s in row["seeds"]] == ["banding-baseline-seed1"] and row["seeds"][0]["seed"] == 1
+    first = d["verdicts"][0]
+    assert len(first["numbers"]["values"]) == 2 and "2 seeds" in first["measured"]
+    assert first["not_at_plateau"] == ["banding-baseline", "banding-baseline-seed1"]

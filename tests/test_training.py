@@ -251,3 +251,25 @@ def test_discard_and_list_without_runs(tmp_settings, capsys, monkeypatch):
     assert "no unfinished run named 'banding-baseline'" in capsys.readouterr().err
     assert cli.main(["train", "--discard", "../etc"]) == 2  # a name, never a path
     assert cli.main(["train"]) == 2 and "name the experiment" in capsys.readouterr().err
+
+
+@NEEDS_DATA
+def test_snapshots_are_models_of_their_own(tmp_settings):
+    from precompute import zoo
+    from precompute.experiments.training import snapshot_epochs
+
+    assert snapshot_epochs(20) == [1, 2, 4, 8, 16] and snapshot_epochs(2) == [1] and snapshot_epochs(1) == []
+    rec = train("banding", ["nogap"], epochs=5, limit=256, device="cpu", settings=tmp_settings, progress=False,
+                snapshots=True)[0]
+    folder = tmp_settings.data_dir / "variants"
+    assert sorted(p.name for p in folder.glob("*.json")) == [
+        "banding-nogap.e1.json", "banding-nogap.e2.json", "banding-nogap.e4.json", "banding-nogap.json"]
+    snap = json.loads((folder / "banding-nogap.e4.json").read_text())
+    assert snap["snapshot"] == {"of": "banding-nogap", "epoch": 4, "epochs": 5}
+    assert snap["history"] == rec["history"][:len(snap["history"])] and snap["history"][-1]["epoch"] == 4
+    assert snap["final_test_accuracy"] == snap["history"][-1]["test_accuracy"]
+    spec = zoo.get_spec("banding-nogap.e4", tmp_settings)  # in the zoo, loadable like any model
+    loaded = zoo.load_model(spec, tmp_settings)
+    assert loaded.file_sha256 == snap["checkpoint_sha256"] and "snapshot after epoch 4 of 5" in spec.description
+    final = zoo.load_model("banding-nogap", tmp_settings).module.state_dict()
+    assert not torch.equal(loaded.module.state_dict()["fc.weight"], final["fc.weight"])  # epoch 4, not 5
