@@ -10,9 +10,15 @@ maximum during the run, at the end, and the growth (max - after warm-up).
     .venv/bin/python benchmarks/api_load.py --data-dir DIR --path /api/models/resnet20-cifar10/layers/layer3.2.conv2/nmf
     .venv/bin/python benchmarks/api_load.py --data-dir DIR --client httpx      # httpx.AsyncClient instead of raw sockets
 
-``--mix`` spreads the requests round-robin over cached endpoints of every model with an NMF result: the
-largest NMF layer's result (layer JSON), the layer context, the model JSON, the models list, neuron JSON
-for 8 neurons, and the home, model, layer and neuron pages.
+``--mix`` spreads the requests round-robin over the paths a person and a client of the API use, for
+every model in the cache (``mixed_paths``): the model JSON and page; for two layers (the largest NMF
+layer and the first layer with a result) the layer context, every analysis result the layer has and
+the layer page; the batchnorm result of the first BatchNorm layer; 2 neurons' JSON and a neuron page;
+then the models list, the home, findings and compare pages, /api/findings, and /api/clusters over
+single layers and over a layer beside its random twin's; plus 10 % invalid requests (unknown and
+malformed models, layers, analyses and neurons, an out-of-range k, an unknown endpoint and pages),
+each with the status it must get (404 or 422). A request "fails" when its status is not the one
+expected for its path (200 for the valid ones).
 
 Clients: ``raw`` (default) is a minimal HTTP/1.1 keep-alive client on asyncio streams, so that on a small
 machine the load generator takes little of the CPU the server needs; ``httpx`` uses httpx.AsyncClient.
@@ -25,11 +31,13 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -95,16 +103,99 @@ def pick_path(base: str) -> str:
     raise SystemExit("no model in the cache has an NMF result")
 
 
-def mixed_paths(base: str) -> list[str]:
-    """Cached endpoints and pages of every model with an NMF result (see --mix)."""
-    paths = ["/api/models", "/"]
-    for m, layer, n in _nmf_models(base):
-        paths += [f"/api/models/{m}/layers/{layer}/nmf", f"/api/models/{m}/layers/{layer}", f"/api/models/{m}",
-                  f"/models/{m}", f"/models/{m}/layers/{layer}", f"/models/{m}/layers/{layer}/neurons/0"]
-        paths += [f"/api/models/{m}/layers/{layer}/neurons/{i * n // 8}" for i in range(8)]
-    if len(paths) == 2:
-        raise SystemExit("no model in the cache has an NMF result")
-    return paths
+def _get_json(url: str):
+    with urllib.request.urlopen(url) as r:
+        return json.load(r)
+
+
+#: share of invalid requests in the mix
+INVALID_SHARE = 0.10
+
+
+def mixed_paths(base: str) -> list[tuple[str, int]]:
+    """(path, expected status) of the mix (see --mix): the valid paths of every model, then about
+    INVALID_SHARE of invalid ones."""
+    models = _get_json(base + "/api/models")["models"]
+    if not models:
+        raise SystemExit("the cache has no models; precompute one first (convscope precompute resnet20-cifar10)")
+    valid = ["/api/models", "/", "/findings", "/api/findings"]
+    invalid_seeds = []  # (model, a layer with neurons, its neuron count)
+    nmf_big = {}  # model -> its largest NMF layer (for clusters)
+    for m in models:
+        name = m["name"]
+        detail = _get_json(f"{base}/api/models/{name}")
+        rows = {row["name"]: row for row in detail["inventory"]}
+        by_layer: dict[str, list[str]] = {}
+        for analysis, info in sorted(detail["analyses"].items()):
+            for layer in info.get("layers", []):
+                by_layer.setdefault(layer, []).append(analysis)
+        valid += [f"/api/models/{name}", f"/models/{name}"]
+        nmf = (detail["analyses"].get("nmf") or {}).get("layers") or []
+        big = max(nmf, key=lambda l: rows[l]["weight_shape"][0]) if nmf else None
+        first = next((r["name"] for r in sorted(detail["inventory"], key=lambda r: r.get("index", 0))
+                      if r["name"] in by_layer and r.get("type") != "batchnorm"), None)
+        for layer in dict.fromkeys(x for x in (big, first) if x):
+            valid += [f"/api/models/{name}/layers/{layer}", f"/models/{name}/layers/{layer}"]
+            valid += [f"/api/models/{name}/layers/{layer}/{a}" for a in by_layer[layer]]
+        bn = next((l for l, a in by_layer.items() if rows[l].get("type") == "batchnorm"), None)
+        if bn:
+            valid.append(f"/api/models/{name}/layers/{bn}/batchnorm")
+        unit = big or first
+        n = (rows[unit].get("weight_shape") or [0])[0] if unit else 0
+        if n:
+            valid += [f"/api/models/{name}/layers/{unit}/neurons/{i * n // 2}" for i in range(2)]
+            valid.append(f"/models/{name}/layers/{unit}/neurons/{n // 2}")
+            invalid_seeds.append((name, unit, n))
+        if big:
+            nmf_big[name] = big
+    # clusters: single layers, and a trained layer beside the same layer of its random twin
+    names = sorted(nmf_big)
+    for name in names[:6]:
+        valid.append(f"/api/clusters?pairs={name}:{nmf_big[name]}&k=8")
+    twins = [(a, b) for a in names for b in names if b.endswith("-random") and a != b
+             and b == a.rsplit("-", 1)[0] + "-random" and nmf_big[a] == nmf_big[b]]
+    for a, b in twins[:4]:
+        valid.append(f"/api/clusters?pairs={a}:{nmf_big[a]},{b}:{nmf_big[b]}&k=6")
+        valid.append(f"/compare?pairs={a}:{nmf_big[a]},{b}:{nmf_big[b]}")
+    if not invalid_seeds:
+        raise SystemExit("no model in the cache has a layer with neurons")
+    kinds = [
+        lambda i, m, l, n: (f"/api/models/no-such-model-{i}", 404),
+        lambda i, m, l, n: (f"/api/models/{m}/layers/no.such.layer{i}", 404),
+        lambda i, m, l, n: (f"/api/models/{m}/layers/{l}/neurons/{n + i}", 404),
+        lambda i, m, l, n: (f"/api/models/{m}/layers/{l}/neurons/x{i}", 422),
+        lambda i, m, l, n: (f"/api/models/{m}/layers/{l}/nosuch{i}", 404),
+        lambda i, m, l, n: (f"/api/models/Bad_Name{i}", 422),
+        lambda i, m, l, n: (f"/models/no-such-model-{i}", 404),
+        lambda i, m, l, n: (f"/models/{m}/layers/{l}/neurons/{n + i}", 404),
+        lambda i, m, l, n: (f"/api/clusters?pairs={m}:{l}&k={40 + i}", 422),
+        lambda i, m, l, n: (f"/api/no-such-endpoint-{i}", 404),
+    ]
+    count = round(len(valid) * INVALID_SHARE / (1 - INVALID_SHARE))
+    invalid = [kinds[i % len(kinds)](i, *invalid_seeds[i % len(invalid_seeds)]) for i in range(count)]
+    # shuffled (always the same way): each client walks a window of the list, so that a window is a sample
+    # of the whole mix (pages, API, invalid) rather than the first models' paths only
+    out = [(p, 200) for p in valid] + invalid
+    random.Random(0).shuffle(out)
+    return out
+
+
+def probe(base: str, paths: list[tuple[str, int]]) -> int:
+    """GET every path once (this also computes what is computed on first use: clusters, findings); exits
+    naming the paths whose status is not the expected one. Returns the mean body size."""
+    size, wrong = 0, []
+    for path, expected in paths:
+        try:
+            with urllib.request.urlopen(base + path) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        size += len(body)
+        if status != expected:
+            wrong.append(f"{path}: {status}, expected {expected}")
+    if wrong:
+        raise SystemExit(f"{len(wrong)} paths of the mix answer another status than expected: " + "; ".join(wrong[:10]))
+    return size // len(paths)
 
 
 class RSSSampler:
@@ -133,10 +224,16 @@ class RSSSampler:
 
 
 # ---- clients ----------------------------------------------------------------------------------------
-async def raw_worker(port: int, paths, n: int, gzip: bool, lat: list, fails: list, start: int = 0) -> None:
+def _entries(paths) -> list[tuple[str, int]]:
+    """``paths``: one path, a list of paths (200 expected) or of (path, expected status)."""
     paths = [paths] if isinstance(paths, str) else list(paths)
+    return [p if isinstance(p, tuple) else (p, 200) for p in paths]
+
+
+async def raw_worker(port: int, paths, n: int, gzip: bool, lat: list, fails: list, start: int = 0) -> None:
+    entries = _entries(paths)
     reqs = [(f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json, text/html\r\n"
-             + ("Accept-Encoding: gzip\r\n" if gzip else "") + "\r\n").encode() for p in paths]
+             + ("Accept-Encoding: gzip\r\n" if gzip else "") + "\r\n").encode() for p, _ in entries]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for j in range(n):
         t0 = time.perf_counter()
@@ -159,8 +256,9 @@ async def raw_worker(port: int, paths, n: int, gzip: bool, lat: list, fails: lis
                         break
             else:
                 await reader.readexactly(length)
-            if status != 200:
-                fails.append((status, paths[(start + j) % len(reqs)]))
+            path, expected = entries[(start + j) % len(reqs)]
+            if status != expected:
+                fails.append((status, path))
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:
             fails.append(repr(e))
             writer.close()
@@ -169,14 +267,14 @@ async def raw_worker(port: int, paths, n: int, gzip: bool, lat: list, fails: lis
     writer.close()
 
 
-async def httpx_worker(client, url: str, n: int, gzip: bool, lat: list, fails: list) -> None:
+async def httpx_worker(client, url: str, n: int, gzip: bool, lat: list, fails: list, expected: int = 200) -> None:
     headers = {"Accept-Encoding": "gzip" if gzip else "identity"}
     for _ in range(n):
         t0 = time.perf_counter()
         try:
             r = await client.get(url, headers=headers)
-            if r.status_code != 200:
-                fails.append(r.status_code)
+            if r.status_code != expected:
+                fails.append((r.status_code, url))
         except Exception as e:  # noqa: BLE001
             fails.append(repr(e))
         lat.append(time.perf_counter() - t0)
@@ -187,17 +285,19 @@ async def run_load(port: int, path, total: int, conc: int, client: str, gzip: bo
     lat: list[float] = []
     fails: list = []
     per = [total // conc + (1 if i < total % conc else 0) for i in range(conc)]
-    paths = [path] if isinstance(path, str) else list(path)
+    paths = _entries(path)
     t0 = time.perf_counter()
     if client == "httpx":
         import httpx
 
         limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
         async with httpx.AsyncClient(limits=limits, timeout=30) as c:
-            await asyncio.gather(*(httpx_worker(c, f"http://127.0.0.1:{port}{paths[i % len(paths)]}", k, gzip, lat, fails)
-                                   for i, k in enumerate(per)))
+            await asyncio.gather(*(httpx_worker(c, f"http://127.0.0.1:{port}{paths[i % len(paths)][0]}", k, gzip, lat,
+                                                fails, paths[i % len(paths)][1]) for i, k in enumerate(per)))
     else:
-        await asyncio.gather(*(raw_worker(port, paths, k, gzip, lat, fails, start=i) for i, k in enumerate(per)))
+        # each client from its own offset, spread over the list: together they cover it even in a short run
+        await asyncio.gather(*(raw_worker(port, paths, k, gzip, lat, fails, start=i * len(paths) // conc)
+                               for i, k in enumerate(per)))
     return lat, fails, time.perf_counter() - t0
 
 
@@ -224,11 +324,8 @@ def run_benchmark(env: dict, path=None, mix: bool = False, requests: int = 20000
     proc = start_server(env, port, workers)
     try:
         base = f"http://127.0.0.1:{port}"
-        paths = mixed_paths(base) if mix else [path or pick_path(base)]
-        size = 0
-        for p in paths:
-            with urllib.request.urlopen(base + p) as r:
-                size += len(r.read())
+        paths = mixed_paths(base) if mix else [(path or pick_path(base), 200)]
+        size = probe(base, paths)
         # warm-up: every path a few times (in-memory LRUs, templates, lazy imports)
         _run(run_load(port, paths, max(min(2000, requests), 4 * len(paths)), concurrency, client, gzip))
         with RSSSampler(proc.pid) as rss:
@@ -242,7 +339,8 @@ def run_benchmark(env: dict, path=None, mix: bool = False, requests: int = 20000
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000  # noqa: E731
     samples = [x for x in rss.samples if x == x]  # drop NaN (process gone)
-    return {"paths": paths if mix else paths[0], "distinct_paths": len(paths), "body_bytes": size // len(paths),
+    return {"paths": [p for p, _ in paths] if mix else paths[0][0], "distinct_paths": len(paths),
+            "invalid_paths": sum(1 for _, e in paths if e != 200), "body_bytes": size,
             "requests": len(lat), "concurrency": concurrency, "client": client, "gzip": gzip, "workers": workers,
             "req_per_s": round(len(lat) / wall, 1), "p50_ms": round(q(0.50), 2), "p90_ms": round(q(0.90), 2),
             "p99_ms": round(q(0.99), 2), "mean_ms": round(statistics.fmean(lat) * 1000, 2), "failures": len(fails),
@@ -277,12 +375,13 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        what = (f"{out['distinct_paths']} paths (--mix: layer/model/neuron JSON, models list, pages)" if args.mix
+        what = (f"{out['distinct_paths']} paths, {out['invalid_paths']} of them invalid (--mix: model, layer, "
+                f"analysis and neuron JSON, pages, findings, clusters)" if args.mix
                 else f"GET {out['paths']} ({out['body_bytes']:,} bytes uncompressed)")
         print(f"{what}, {out['requests']} requests, {args.concurrency} concurrent clients ({args.client}, gzip "
               f"{'on' if out['gzip'] else 'off'}), {args.workers} worker(s), {out['cpus']} CPUs")
         print(f"  {out['req_per_s']:,.0f} req/s   p50 {out['p50_ms']:.1f} ms   p90 {out['p90_ms']:.1f} ms   "
-              f"p99 {out['p99_ms']:.1f} ms   failures {out['failures']}")
+              f"p99 {out['p99_ms']:.1f} ms   unexpected statuses {out['failures']}")
         print(f"  server RSS: {out['rss_start_mb']:.0f} MB after warm-up, max {out['rss_max_mb']:.0f} MB during the run, "
               f"{out['rss_end_mb']:.0f} MB at the end (growth {out['rss_growth_mb']:+.1f} MB; {out['rss_samples']} samples)")
         print(f"  (1-min load average before the run: {out['load_before']}; uvicorn with httptools+uvloop: "

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +28,9 @@ from .jobs import EXTENSIONS, TooLarge  # noqa: F401  (TooLarge: re-exported)
 router = APIRouter(prefix="/api")
 
 JSON = "application/json"
+HTML = "text/html"
+#: the Content-Type of each, as Starlette's Response writes it (text types get their charset)
+CONTENT_TYPES = {JSON: b"application/json", HTML: b"text/html; charset=utf-8"}
 
 
 def explorer(request: Request) -> Explorer:
@@ -42,59 +46,82 @@ def _etag_matches(header: Optional[str], etag: str) -> bool:
     return etag in tags or f"W/{etag}" in tags
 
 
-def send(request: Request, blob: Blob, cache_control: str = "no-cache") -> Response:
+def send(request: Request, blob: Blob, cache_control: str = "no-cache", media_type: str = JSON) -> Response:
     """The blob as a response: 304 when the client has it, the stored gzip when it accepts gzip."""
     headers = {"ETag": blob.etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
     if _etag_matches(request.headers.get("if-none-match"), blob.etag):
         return Response(status_code=304, headers=headers)
     if blob.gz is not None and "gzip" in request.headers.get("accept-encoding", ""):
         headers["Content-Encoding"] = "gzip"
-        return Response(blob.gz, media_type=JSON, headers=headers)
-    return Response(blob.body, media_type=JSON, headers=headers)
+        return Response(blob.gz, media_type=media_type, headers=headers)
+    return Response(blob.body, media_type=media_type, headers=headers)
 
 
 # ---- fast path ----------------------------------------------------------------------------------
-#: The cached-result GETs, as (pattern on the decoded path, the Explorer method that computes the body).
-#: The FastAPI routes below document and serve them; :class:`FastPath` serves the same functions
-#: without FastAPI's per-request machinery (routing, dependencies, telemetry checks, middleware: about
-#: 1 ms a request on a small machine), falling through to the app for anything it does not answer
-#: with 200/304, so errors have one place and one shape.
-FAST_ROUTES: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"^/api/models/([^/]+)/layers/([^/]+)/neurons/([^/]+)$"), "neuron_blob"),
-    (re.compile(r"^/api/models/([^/]+)/layers/([^/]+)/([^/]+)$"), "result_blob"),
-    (re.compile(r"^/api/models/([^/]+)/layers/([^/]+)$"), "layer_context_blob"),
-    (re.compile(r"^/api/models/([^/]+)$"), "model_blob"),
-    (re.compile(r"^/api/models$"), "models_blob"),
+#: The cached-result GETs, as (pattern on the decoded path, function(app state, query, *groups) -> Blob, or
+#: None to leave the request to the app). The FastAPI routes below document and serve the same functions;
+#: :class:`FastPath` serves them without FastAPI's per-request machinery (routing, dependencies, telemetry
+#: checks, middleware: about 1 ms a request on a small machine). An ExplorerError is answered as the app's
+#: handler answers it (its body, status and headers); anything else it does not answer (a page's error,
+#: another route, FastAPI's own validation) falls through to the app. It runs on the event loop, so what
+#: costs more than a file read (findings, a k-means, a page to render) it only serves from memory
+#: (``cached_only``): the route computes it in the thread pool, once per cache state.
+FAST_ROUTES: list[tuple[re.Pattern, Callable[..., Optional[Blob]]]] = [
+    (re.compile(r"^/api/models/([^/]+)/layers/([^/]+)/neurons/([^/]+)$"),
+     lambda st, q, m, l, n: st.explorer.neuron_blob(m, l, n)),
+    (re.compile(r"^/api/models/([^/]+)/layers/([^/]+)/([^/]+)$"),
+     lambda st, q, m, l, a: st.explorer.result_blob(m, l, a)),
+    (re.compile(r"^/api/models/([^/]+)/layers/([^/]+)$"), lambda st, q, m, l: st.explorer.layer_context_blob(m, l)),
+    (re.compile(r"^/api/models/([^/]+)$"), lambda st, q, m: st.explorer.model_blob(m)),
+    (re.compile(r"^/api/models$"), lambda st, q: st.explorer.models_blob()),
+    (re.compile(r"^/api/findings$"), lambda st, q: st.explorer.findings_blob(cached_only=True)),
+    # without pairs FastAPI answers its own 422 (a required parameter)
+    (re.compile(r"^/api/clusters$"),
+     lambda st, q: st.explorer.clusters_blob(q["pairs"], q.get("k", "8"), cached_only=True)
+     if "pairs" in q else None),
 ]
 
 
-class FastPath:
-    """Answers the cached-result GETs of :data:`FAST_ROUTES` straight from the Explorer's in-memory
-    blobs (ETag/304 and stored gzip, as :func:`send`). ``ConvscopeApp`` asks it first."""
+def query_params(scope) -> dict[str, str]:
+    """The query string as Starlette's ``request.query_params.get`` reads it (the last value of a name)."""
+    qs = scope.get("query_string", b"")
+    return dict(parse_qsl(qs.decode("latin-1"), keep_blank_values=True)) if qs else {}
 
-    def __init__(self, explorer_of: Callable[[], Explorer]):
-        self.explorer_of = explorer_of
+
+class FastPath:
+    """Answers the GETs of ``routes`` (:data:`FAST_ROUTES` and the cached pages, ``pages.FAST_PAGES``, each
+    with its content type) straight from in-memory blobs (ETag/304 and stored gzip, as :func:`send`).
+    ``ConvscopeApp`` asks it first; ``state_of()`` is the app's state (``explorer``, ``pages``)."""
+
+    def __init__(self, state_of: Callable[[], Any], routes: list[tuple[re.Pattern, Callable, bytes]]):
+        self.state_of = state_of
+        self.routes = routes
 
     async def serve(self, scope, sendmsg) -> bool:
         """True when the request was answered; False to let the app handle it (errors, other routes)."""
-        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/api/models"):
+        if scope["type"] != "http" or scope["method"] != "GET":
             return False
         path = scope["path"]
-        for pattern, method in FAST_ROUTES:
+        for pattern, fn, content_type in self.routes:
             m = pattern.match(path)
             if m is None:
                 continue
             try:
-                blob = getattr(self.explorer_of(), method)(*m.groups())
-            except Recomputing as e:  # answered here: the entry it names was discarded by this very call
-                body = json.dumps(e.body()).encode()
+                blob = fn(self.state_of(), query_params(scope), *m.groups())
+            except ExplorerError as e:
+                if content_type != CONTENT_TYPES[JSON]:
+                    return False  # a page's error is a page for people: the app renders it (pages.error_page)
+                # the app's JSON answer to an ExplorerError (app.py: explorer_error), the body of its JSONResponse
+                # (sent uncompressed); here rather than by falling through, which would compute the error again
+                # (and a Recomputing must not be: this very call discarded the entry and queued its job)
+                body = json.dumps(e.body(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
                 headers = [(k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()]
                 await sendmsg({"type": "http.response.start", "status": e.status, "headers": headers + [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
                 await sendmsg({"type": "http.response.body", "body": body})
                 return True
-            except ExplorerError:
-                return False  # the routes answer errors, in one place and one shape
+            if blob is None:
+                return False
             inm = gz = None
             for k, v in scope["headers"]:
                 if k == b"if-none-match":
@@ -111,7 +138,7 @@ class FastPath:
             if gz and blob.gz is not None:
                 body = blob.gz
                 headers.append((b"content-encoding", b"gzip"))
-            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            headers += [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
             await sendmsg({"type": "http.response.start", "status": 200, "headers": headers})
             await sendmsg({"type": "http.response.body", "body": body})
             return True

@@ -66,8 +66,9 @@ class _Vendor:
 
 
 class ConvscopeApp(FastAPI):
-    """FastAPI with a fast path in front: cached results (``api.FAST_ROUTES``) are answered from memory
-    before FastAPI's own per-request work; everything else (and every error) goes through FastAPI."""
+    """FastAPI with a fast path in front: cached results (``api.FAST_ROUTES``) and rendered pages
+    (``pages.FAST_PAGES``) are answered from memory before FastAPI's own per-request work; everything else
+    (and every error, and what is not in memory yet) goes through FastAPI."""
 
     fast: Optional["api.FastPath"] = None
 
@@ -93,8 +94,10 @@ def create_app(settings: Optional[Settings] = None, embedded: Optional[EmbeddedW
     app.state.settings = settings
     app.state.embedded = embedded
     app.state.explorer = Explorer(settings)
+    app.state.pages = pages.PageCache()
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)
-    app.fast = api.FastPath(lambda: app.state.explorer)
+    app.fast = api.FastPath(lambda: app.state, [(p, f, api.CONTENT_TYPES[api.JSON]) for p, f in api.FAST_ROUTES]
+                            + [(p, f, api.CONTENT_TYPES[api.HTML]) for p, f in pages.FAST_PAGES])
 
     @app.exception_handler(ExplorerError)
     async def explorer_error(request: Request, exc: ExplorerError):

@@ -17,6 +17,7 @@ recomputes only what is missing) and the request answers 503 naming the job (:cl
 from __future__ import annotations
 
 import difflib
+import functools
 import gzip
 import hashlib
 import json
@@ -106,10 +107,27 @@ class Busy(ExplorerError):
     headers = {"Retry-After": "3", "Cache-Control": "no-store"}
 
 
+#: the difflib searches of error messages are memoised per (name, known names): a search over a model's 129
+#: layers costs about as much as 100 cached responses, and a client repeating a bad URL repeats it. At most
+#: this many, of names up to CLOSE_MEMO_NAME characters (a longer one is searched each time, not kept)
+CLOSE_MEMO, CLOSE_MEMO_NAME = 4096, 200
+
+
+@functools.lru_cache(maxsize=CLOSE_MEMO)
+def _close_memo(name: str, known: tuple, n: int, cutoff: float) -> tuple:
+    return tuple(difflib.get_close_matches(name, known, n=n, cutoff=cutoff))
+
+
+def _close(name: str, known: tuple, n: int, cutoff: float) -> tuple:
+    if len(name) > CLOSE_MEMO_NAME:
+        return tuple(difflib.get_close_matches(name, known, n=n, cutoff=cutoff))
+    return _close_memo(name, known, n, cutoff)
+
+
 def unknown(kind: str, name: str, known, where: str = "") -> str:
     """``unknown layer 'x' of m; did you mean a, b? Known layers: ...`` (names the bad value and what exists)."""
     known = list(known)
-    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+    close = _close(str(name), tuple(known), 3, 0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"unknown {kind} {name!r}{' of ' + where if where else ''}{hint}. Known {kind}s: {_listing(known)}"
 
@@ -125,7 +143,7 @@ def nearest(name: str, known, n: int = 5) -> list[str]:
     known = [str(k) for k in known]
     low = {k.lower(): k for k in known}
     text = str(name).lower()
-    out = [low[k] for k in difflib.get_close_matches(text, list(low), n=n, cutoff=0.5)]
+    out = [low[k] for k in _close(text, tuple(low), n, 0.5)]
     if len(text) >= 2:
         out += [k for k in known if text in k.lower() or (len(k) >= 2 and k.lower() in text)]
     seen: list[str] = []
@@ -236,6 +254,24 @@ class Explorer:
             except InvalidName:
                 continue
         return names
+
+    def cache_state(self) -> tuple:
+        """``(file name, mtime_ns, size)`` of every model record: the key of a view over the whole cache
+        (home, findings, compare). A record is rewritten (atomically, a new mtime) whenever its model's results
+        change, so this changes whenever anything a page shows does; one stat per model, no read."""
+        out = []
+        try:
+            with os.scandir(self.cache.root / "models") as it:
+                for e in it:
+                    if e.name.endswith(".json") and not e.name.startswith("."):
+                        try:
+                            st = e.stat()
+                        except FileNotFoundError:  # replaced or discarded meanwhile
+                            continue
+                        out.append((e.name, st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            pass
+        return tuple(sorted(out))
 
     def record(self, model: str) -> dict:
         """The model record (cached per file stamp). 422 for a malformed name, 404 for an unknown one."""
@@ -435,12 +471,10 @@ class Explorer:
         return out
 
     def models_blob(self) -> Blob:
-        names = self.model_names()
-        stamps = tuple(_stamp(self.cache.model_path(n)) for n in names)
-        key = ("models", stamps)
+        key = ("models", self.cache_state())
         blob = self._computed.get(key)
         if blob is None:
-            blob = Blob.of({"models": self.list_models(), "count": len(names)})
+            blob = Blob.of({"models": self.list_models(), "count": len(self.model_names())})
             self._computed.put(key, blob)
         return blob
 
@@ -473,14 +507,15 @@ class Explorer:
         return blob
 
     # ---- findings across the zoo ------------------------------------------------------------------
-    def findings_blob(self) -> Blob:
+    def findings_blob(self, cached_only: bool = False) -> Optional[Blob]:
         """The findings rankings (:func:`server.findings.compute_findings`) over every model in the cache,
-        computed once per set of record stamps."""
-        names = self.model_names()
-        stamps = tuple(_stamp(self.cache.model_path(n)) for n in names)
-        key = ("findings", stamps)
+        computed once per set of record stamps (``cached_only``: None instead of computing them)."""
+        key = ("findings", self.cache_state())
         blob = self._computed.get(key)
+        if blob is None and cached_only:
+            return None
         if blob is None:
+            names = self.model_names()
             records, svds, human = {}, {}, {}
             for n in names:
                 try:
@@ -762,19 +797,19 @@ class Explorer:
         as the ``clusters`` analysis (:func:`precompute.clustering.compute_clusters`)."""
         return self.clusters_blob(pairs, k).data
 
-    def clusters_blob(self, pairs: str, k: Any = 8, seed: int = 0) -> Blob:
+    def clusters_blob(self, pairs: str, k: Any = 8, seed: int = 0, cached_only: bool = False) -> Optional[Blob]:
         """The clusters JSON: from memory, else from the group cache (``Cache.get_group``), else computed
         and stored there (``Cache.put_group``), so a repeated request never runs k-means again.
 
         A new result is bounded: one k-means at a time per server (another request for a new result
         waits ``CLUSTER_WAIT_S``, then gets 503 :class:`Busy` with Retry-After), and the group cache keeps
-        the newest ``settings.max_cluster_groups`` results."""
+        the newest ``settings.max_cluster_groups`` results. ``cached_only``: None unless it is in memory."""
         parsed = self.parse_pairs(pairs)
         k_int = parse_int(k, "k", K_MIN, K_MAX)
         stamps = tuple(self.record(m)["_stamp"] for m, _ in parsed)
         key = ("clusters", tuple(parsed), k_int, seed, stamps)
         blob = self._computed.get(key)
-        if blob is not None:
+        if blob is not None or cached_only:
             return blob
         params = self.cluster_params(parsed, k_int, seed)
         blob = self._stored_clusters(params)

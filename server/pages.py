@@ -12,13 +12,15 @@ from urllib.parse import unquote
 import gzip
 import hashlib
 import importlib.util
+import re
 import threading
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from .data import Explorer, ExplorerError, NotFound, nearest
+from .api import HTML, send
+from .data import LRU, Blob, Explorer, ExplorerError, NotFound, nearest
 from .jobs import get_job, public_job, recent_jobs, worker_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +73,11 @@ class Assets:
     def path(self, rel: str) -> Optional[Path]:
         if rel == "vendor/plotly.min.js":
             return _plotly_file()
-        p = (STATIC / rel).resolve()
-        return p if STATIC.resolve() in p.parents and p.is_file() else None
+        try:
+            p = (STATIC / rel).resolve()
+            return p if STATIC.resolve() in p.parents and p.is_file() else None
+        except (ValueError, OSError):  # a NUL byte (/assets/x/%00), a name too long: no such file, a 404
+            return None
 
     def entry(self, rel: str) -> Optional[tuple[str, bytes, bytes]]:
         p = self.path(rel)
@@ -106,20 +111,23 @@ def explorer(request: Request) -> Explorer:
     return request.app.state.explorer
 
 
-def render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+def _defaults(name: str, ctx: dict) -> dict:
     ctx.setdefault("crumbs", [])
     ctx.setdefault("boot", {})
     ctx.setdefault("title", "convscope")
     ctx.setdefault("page", name.removesuffix(".html"))
-    return templates.TemplateResponse(request, name, ctx, status_code=status)
+    return ctx
 
 
-def people_error(request: Request, status: int, message: str, known: Optional[list] = None) -> dict:
-    """What the error page says: ``message`` in words for people (what is wrong), the nearest matches
-    (at most five links) and one link back to the closest page that exists. Worked out from the path, so
-    every error on a page URL gets it whichever layer raised it."""
-    segs = [unquote(s) for s in request.url.path.split("/") if s]
-    ex = explorer(request)
+def render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, _defaults(name, ctx), status_code=status)
+
+
+def people_error(ex: Explorer, path: str, status: int, message: str, known: Optional[list] = None) -> dict:
+    """What the error page of URL path ``path`` says: ``message`` in words for people (what is wrong), the
+    nearest matches (at most five links) and one link back to the closest page that exists. Worked out from
+    the path, so every error on a page URL gets it whichever layer raised it."""
+    segs = [unquote(s) for s in path.split("/") if s]
     short = message.split(". Known ")[0].split(". Layers of ")[0]
     out = {"message": short, "near": [], "back": {"label": "all models", "url": "/"}}
     if segs and segs[0] == "models" and len(segs) >= 2:
@@ -147,12 +155,23 @@ def people_error(request: Request, status: int, message: str, known: Optional[li
     return out
 
 
-def error_page(request: Request, status: int, message: str, known: Optional[list] = None) -> HTMLResponse:
-    e = people_error(request, status, message, known)
+def error_view(ex: Explorer, path: str, status: int, message: str, known: Optional[tuple]) -> tuple[str, dict]:
+    e = people_error(ex, path, status, message, list(known) if known else None)
     heading = {404: "Not found", 422: "Bad request"}.get(status, "Something is wrong")
-    return render(request, "error.html", status=status, title=f"{heading} · convscope", code=status, heading=heading,
-                  message=e["message"], near=e["near"], back=e["back"], detail=message,
-                  crumbs=[{"label": e["back"]["label"], "url": e["back"]["url"]}, {"label": heading}])
+    return "error.html", dict(title=f"{heading} · convscope", code=status, heading=heading, message=e["message"],
+                              near=e["near"], back=e["back"], detail=message,
+                              crumbs=[{"label": e["back"]["label"], "url": e["back"]["url"]}, {"label": heading}])
+
+
+def error_page(request: Request, status: int, message: str, known: Optional[list] = None) -> Response:
+    """The error page for people (:func:`people_error`), rendered once per (path, error, cache state): a
+    link that points at nothing tends to be followed again."""
+    blob = request.app.state.pages.blob(explorer(request), "error", request.url.path, status, message,
+                                        tuple(known) if known else None)
+    if blob.gz is not None and "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(blob.gz, status_code=status, media_type=HTML,
+                        headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+    return Response(blob.body, status_code=status, media_type=HTML, headers={"Vary": "Accept-Encoding"})
 
 
 @router.get("/assets/{version}/{rel:path}")
@@ -185,9 +204,11 @@ def model_group(m: dict) -> str:
     return "variant" if m["family"] == "variant" else "trained"
 
 
-@router.get("/", response_class=HTMLResponse)
-def home(request: Request):
-    ex = explorer(request)
+# ---- the pages over the cache, rendered once per cache state -------------------------------------------
+# Each view is a pure function of the explorer and the page's arguments: (template, context). The routes
+# (and the fast path in front of FastAPI, server/api.py) serve them through a PageCache, so a page is
+# rendered once per state of the records it shows, not once per request.
+def home_view(ex: Explorer) -> tuple[str, dict]:
     models = ex.list_models()
     for m in models:
         rec = ex.record(m["name"])
@@ -197,8 +218,8 @@ def home(request: Request):
         {m["family"] for m in models} - set(FAMILIES))
     groups = [{"id": g, "title": t, "lede": d, "models": [m for m in models if m["group"] == g]} for g, t, d in GROUPS]
     f = ex.findings() if models else None
-    return render(request, "home.html", title="convscope · models", models=models, families=families,
-                  groups=[g for g in groups if g["models"]], f=f, boot={"page": "home", "findings": teaser(f)})
+    return "home.html", dict(title="convscope · models", models=models, families=families,
+                             groups=[g for g in groups if g["models"]], f=f, boot={"page": "home", "findings": teaser(f)})
 
 
 def teaser(f: Optional[dict]) -> Optional[dict]:
@@ -210,58 +231,151 @@ def teaser(f: Optional[dict]) -> Optional[dict]:
             "colour": pick(f["colour_axis"]), "thresholds": f["thresholds"]}
 
 
-@router.get("/findings", response_class=HTMLResponse)
-def findings_page(request: Request):
-    f = explorer(request).findings()
-    return render(request, "findings.html", title="findings · convscope", f=f, crumbs=[{"label": "Findings"}],
-                  boot={"page": "findings", "findings": f})
+def findings_view(ex: Explorer) -> tuple[str, dict]:
+    f = ex.findings()
+    return "findings.html", dict(title="findings · convscope", f=f, crumbs=[{"label": "Findings"}],
+                                 boot={"page": "findings", "findings": f})
 
 
-@router.get("/models/{model}", response_class=HTMLResponse)
-def model_page(request: Request, model: str):
-    detail = explorer(request).model_detail(model)
-    return render(request, "model.html", title=f"{model} · convscope", m=detail,
-                  crumbs=[{"label": "Models", "url": "/"}, {"label": model}],
-                  boot={"page": "model", "model": model, "api": f"/api/models/{model}"})
+def model_view(ex: Explorer, model: str) -> tuple[str, dict]:
+    detail = ex.model_detail(model)
+    return "model.html", dict(title=f"{model} · convscope", m=detail,
+                              crumbs=[{"label": "Models", "url": "/"}, {"label": model}],
+                              boot={"page": "model", "model": model, "api": f"/api/models/{model}"})
 
 
-@router.get("/models/{model}/layers/{layer}", response_class=HTMLResponse)
-def layer_page(request: Request, model: str, layer: str):
-    ex = explorer(request)
+def layer_view(ex: Explorer, model: str, layer: str, overlay: Optional[str]) -> tuple[str, dict]:
     ctx = ex.layer_context(model, layer)
     summary = ex.model_detail(model)["summary"]
-    overlay_ok, overlay_gone = ex.check_pairs(request.query_params.get("overlay"), "histogram")
+    overlay_ok, overlay_gone = ex.check_pairs(overlay, "histogram")
     label = f"{ctx['human']} ({layer})" if ctx.get("human") else layer
-    return render(request, "layer.html", title=f"{ctx.get('human') or layer} · {model} · convscope", c=ctx, summary=summary,
-                  crumbs=[{"label": "Models", "url": "/"}, {"label": model, "url": f"/models/{model}"},
-                          {"label": label}],
-                  boot={"page": "layer", "model": model, "layer": layer, "context": ctx,
-                        "overlay_gone": overlay_gone})
+    return "layer.html", dict(title=f"{ctx.get('human') or layer} · {model} · convscope", c=ctx, summary=summary,
+                              crumbs=[{"label": "Models", "url": "/"}, {"label": model, "url": f"/models/{model}"},
+                                      {"label": label}],
+                              boot={"page": "layer", "model": model, "layer": layer, "context": ctx,
+                                    "overlay_gone": overlay_gone})
 
 
-@router.get("/models/{model}/layers/{layer}/neurons/{neuron}", response_class=HTMLResponse)
-def neuron_page(request: Request, model: str, layer: str, neuron: str):
-    ex = explorer(request)
+def neuron_view(ex: Explorer, model: str, layer: str, neuron: str) -> tuple[str, dict]:
     _, row = ex.row(model, layer)
     i = ex.neuron_index(model, layer, row, neuron)  # the API's rule: 422 not an index, 404 out of range
     data = ex.neuron(model, layer, i)
     data["human"] = ex.human_names(model).get(layer)
-    return render(request, "neuron.html", title=f"neuron {i} · {layer} · {model} · convscope", d=data,
-                  crumbs=[{"label": "Models", "url": "/"}, {"label": model, "url": f"/models/{model}"},
-                          {"label": layer, "url": f"/models/{model}/layers/{layer}"}, {"label": f"neuron {i}"}],
-                  boot={"page": "neuron", "model": model, "layer": layer, "neuron": i,
-                        "context": ex.layer_context(model, layer)})
+    return "neuron.html", dict(title=f"neuron {i} · {layer} · {model} · convscope", d=data,
+                               crumbs=[{"label": "Models", "url": "/"}, {"label": model, "url": f"/models/{model}"},
+                                       {"label": layer, "url": f"/models/{model}/layers/{layer}"},
+                                       {"label": f"neuron {i}"}],
+                               boot={"page": "neuron", "model": model, "layer": layer, "neuron": i,
+                                     "context": ex.layer_context(model, layer)})
+
+
+def compare_view(ex: Explorer, pairs: Optional[str]) -> tuple[str, dict]:
+    models = ex.list_models()
+    ok, gone = ex.check_pairs(pairs, "nmf")
+    return "compare.html", dict(title="compare · convscope", crumbs=[{"label": "Compare"}],
+                                boot={"page": "compare", "models": [m["name"] for m in models],
+                                      "pairs_given": pairs is not None, "pairs_ok": ok, "pairs_gone": gone})
+
+
+def _one_model(ex: Explorer, model: str, *rest) -> tuple:
+    return ex.record(model)["_stamp"]  # also the 422/404 of a bad model name, before any rendering
+
+
+def _layer_state(ex: Explorer, model: str, layer: str, overlay: Optional[str]) -> tuple:
+    # overlays name other models' layers: the whole cache's state then
+    return ex.record(model)["_stamp"], (ex.cache_state() if overlay else None)
+
+
+def _whole_cache(ex: Explorer, *args) -> tuple:
+    return ex.cache_state()
+
+
+#: page -> (view, the state of the cache it shows: its records' stamps)
+VIEWS = {"home": (home_view, _whole_cache), "findings": (findings_view, _whole_cache),
+         "model": (model_view, _one_model), "layer": (layer_view, _layer_state),
+         "neuron": (neuron_view, _one_model), "compare": (compare_view, _whole_cache),
+         "error": (error_view, _whole_cache)}
+
+
+def render_html(name: str, ctx: dict) -> str:
+    """A template rendered to text, outside a request (the templates use no request; the upload page, which
+    does, is rendered by :func:`render`)."""
+    return templates.get_template(name).render(_defaults(name, ctx))
+
+
+class PageCache:
+    """Rendered pages as :class:`Blob` (HTML bytes, their gzip, ETag), in an LRU bounded by entries and bytes,
+    keyed by (page, arguments, the stamps of the records the page shows). A page is rendered on the first
+    request after its records change and served from memory after that. Templates and static files are
+    read when the page is rendered: a changed template shows after a restart (or a change in the cache)."""
+
+    def __init__(self, max_items: int = 2048, max_bytes: int = 128 << 20, max_errors: int = 512):
+        self._lru = LRU(max_items, max_bytes, sizeof=lambda b: b.size)
+        # error pages apart: a client requesting many bad URLs must not push the good pages out
+        self._errors = LRU(max_errors, max_bytes // 8, sizeof=lambda b: b.size)
+
+    def blob(self, ex: Explorer, page: str, *args, cached_only: bool = False) -> Optional[Blob]:
+        """The page (``cached_only``: None unless it is in memory)."""
+        view, state = VIEWS[page]
+        key = (page, args, state(ex, *args))
+        lru = self._errors if page == "error" else self._lru
+        blob = lru.get(key)
+        if blob is None and not cached_only:
+            name, ctx = view(ex, *args)
+            blob = Blob.make(render_html(name, ctx).encode())
+            lru.put(key, blob)
+        return blob
+
+
+def page(request: Request, name: str, *args) -> Response:
+    return send(request, request.app.state.pages.blob(explorer(request), name, *args), media_type=HTML)
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request):
+    return page(request, "home")
+
+
+@router.get("/findings", response_class=HTMLResponse)
+def findings_page(request: Request):
+    return page(request, "findings")
+
+
+@router.get("/models/{model}", response_class=HTMLResponse)
+def model_page(request: Request, model: str):
+    return page(request, "model", model)
+
+
+@router.get("/models/{model}/layers/{layer}", response_class=HTMLResponse)
+def layer_page(request: Request, model: str, layer: str):
+    return page(request, "layer", model, layer, request.query_params.get("overlay"))
+
+
+@router.get("/models/{model}/layers/{layer}/neurons/{neuron}", response_class=HTMLResponse)
+def neuron_page(request: Request, model: str, layer: str, neuron: str):
+    return page(request, "neuron", model, layer, neuron)
 
 
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(request: Request):
-    ex = explorer(request)
-    models = ex.list_models()
-    given = request.query_params.get("pairs")
-    ok, gone = ex.check_pairs(given, "nmf")
-    return render(request, "compare.html", title="compare · convscope", crumbs=[{"label": "Compare"}],
-                  boot={"page": "compare", "models": [m["name"] for m in models], "pairs_given": given is not None,
-                        "pairs_ok": ok, "pairs_gone": gone})
+    return page(request, "compare", request.query_params.get("pairs"))
+
+
+#: the cached pages on the fast path (server/api.py: FastPath): (pattern on the decoded path, the page from
+#: memory, or None: the route above renders it in the thread pool); the same pages as the routes above
+def _fast(page: str, *names: str):
+    return lambda st, q, *groups: st.pages.blob(st.explorer, page, *groups, *(q.get(n) for n in names),
+                                                cached_only=True)
+
+
+FAST_PAGES = [
+    (re.compile(r"^/$"), _fast("home")),
+    (re.compile(r"^/findings$"), _fast("findings")),
+    (re.compile(r"^/compare$"), _fast("compare", "pairs")),
+    (re.compile(r"^/models/([^/]+)$"), _fast("model")),
+    (re.compile(r"^/models/([^/]+)/layers/([^/]+)$"), _fast("layer", "overlay")),
+    (re.compile(r"^/models/([^/]+)/layers/([^/]+)/neurons/([^/]+)$"), _fast("neuron")),
+]
 
 
 @router.get("/experiments", response_class=HTMLResponse)

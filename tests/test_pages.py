@@ -207,6 +207,63 @@ def test_jobs_page_shows_the_embedded_workers_state(tmp_settings, monkeypatch):
         worker.stop()
 
 
+def test_pages_are_rendered_once_per_cache_state(srv_settings, srv_records, tmp_path):
+    """A page is rendered once and then served from memory (the same bytes, ETag, 304 on If-None-Match,
+    the stored gzip), by the route and by the fast path in front of FastAPI alike, until a record it shows
+    changes: a rewritten model record changes its model page, a new model the home page, at once."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from precompute.cache import Cache
+    from server.app import create_app
+    from server_fixtures import make_settings
+
+    shutil.copytree(srv_settings.cache, tmp_path / "cache", ignore=shutil.ignore_patterns("jobs", "queue.sqlite3*"))
+    s = make_settings(tmp_path)
+    cache = Cache(s.cache)
+    model, layer = first_with(srv_records, "nmf")
+    app = create_app(s)
+    with TestClient(app) as client:
+        first = client.get(f"/models/{model}")  # rendered by the route (nothing in memory yet)
+        again = client.get(f"/models/{model}")  # answered by the fast path, from memory
+        assert first.status_code == again.status_code == 200
+        assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+        assert again.headers["content-type"] == first.headers["content-type"] == "text/html; charset=utf-8"
+        assert again.headers["content-encoding"] == "gzip"  # the stored gzip (TestClient asks for it)
+        assert client.get(f"/models/{model}", headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+        plain = client.get(f"/models/{model}", headers={"Accept-Encoding": "identity"})
+        assert plain.content == first.content and "content-encoding" not in plain.headers
+        for path in ("/", f"/models/{model}/layers/{layer}", f"/models/{model}/layers/{layer}/neurons/0", "/findings"):
+            a, b = client.get(path), client.get(path)
+            assert a.status_code == 200 and a.content == b.content and a.headers["etag"] == b.headers["etag"], path
+
+        rec = cache.get_model(model)
+        rec["spec"]["description"] = "A description written after the page was first shown"
+        cache.put_model(model, rec)
+        changed = client.get(f"/models/{model}")
+        assert changed.status_code == 200 and changed.headers["etag"] != first.headers["etag"]
+        assert "A description written after the page was first shown" in changed.text
+        assert client.get(f"/models/{model}", headers={"If-None-Match": first.headers["etag"]}).status_code == 200
+
+        assert 'data-name="copy-of-a-model"' not in client.get("/").text
+        rec["name"] = "copy-of-a-model"
+        cache.put_model("copy-of-a-model", rec)
+        assert 'data-name="copy-of-a-model"' in client.get("/").text
+        assert client.get("/models/copy-of-a-model").status_code == 200
+
+
+def test_error_pages_are_the_same_from_memory(srv_client, srv_records):
+    """An error page is rendered once per (path, error, cache state) and answered with its status each time."""
+    model, layer = first_with(srv_records, "nmf")
+    for path, status in ((f"/models/{model}/layers/no.such.layer", 404), ("/models/no-such-model-xyz", 404),
+                         (f"/models/{model}/layers/{layer}/neurons/abc", 422)):
+        a, b = srv_client.get(path), srv_client.get(path)
+        assert a.status_code == b.status_code == status and a.text == b.text, path
+        assert a.headers["content-type"] == b.headers["content-type"] == "text/html; charset=utf-8", path
+        assert ("Not found" if status == 404 else "Bad request") in a.text, path
+
+
 def test_compare_boot_splits_the_pairs_that_exist_from_the_gone_ones(srv_client, srv_records):
     model, layer = first_with(srv_records, "nmf")
     r = srv_client.get(f"/compare?pairs={model}:{layer},nope:0,{model}:no.layer")
