@@ -313,6 +313,10 @@ class PageCache:
         self._lru = LRU(max_items, max_bytes, sizeof=lambda b: b.size)
         # error pages apart: a client requesting many bad URLs must not push the good pages out
         self._errors = LRU(max_errors, max_bytes // 8, sizeof=lambda b: b.size)
+        self._lock = threading.Lock()
+        self._rendering: dict[tuple, threading.Lock] = {}
+        #: pages rendered since start (each miss that rendered)
+        self.renders = 0
 
     def blob(self, ex: Explorer, page: str, *args, cached_only: bool = False) -> Optional[Blob]:
         """The page (``cached_only``: None unless it is in memory)."""
@@ -320,10 +324,25 @@ class PageCache:
         key = (page, args, state(ex, *args))
         lru = self._errors if page == "error" else self._lru
         blob = lru.get(key)
-        if blob is None and not cached_only:
-            name, ctx = view(ex, *args)
-            blob = Blob.make(render_html(name, ctx).encode())
-            lru.put(key, blob)
+        if blob is not None or cached_only:
+            return blob
+        # one render of a page at a time: the requests that miss it meanwhile (all clients at once, right
+        # after a record changed) wait for that render instead of each rendering it again
+        with self._lock:
+            rendering = self._rendering.setdefault(key, threading.Lock())
+        try:
+            with rendering:
+                blob = lru.get(key)
+                if blob is None:
+                    name, ctx = view(ex, *args)
+                    blob = Blob.make(render_html(name, ctx).encode())
+                    lru.put(key, blob)
+                    with self._lock:
+                        self.renders += 1
+        finally:
+            with self._lock:
+                if self._rendering.get(key) is rendering:
+                    del self._rendering[key]
         return blob
 
 

@@ -253,6 +253,32 @@ def test_pages_are_rendered_once_per_cache_state(srv_settings, srv_records, tmp_
         assert client.get("/models/copy-of-a-model").status_code == 200
 
 
+def test_a_page_missed_by_many_clients_at_once_is_rendered_once(srv_settings, srv_records):
+    """Right after a change every client misses the page at once: one of them renders it, the others wait
+    for that render (the findings page: the slowest to render)."""
+    import threading
+
+    from server.data import Explorer
+    from server.pages import PageCache
+
+    ex, pages = Explorer(srv_settings), PageCache()
+    start, got = threading.Barrier(8), []
+
+    def client():
+        start.wait()
+        got.append(pages.blob(ex, "findings"))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and len({b.etag for b in got}) == 1
+    assert pages.renders == 1
+    pages.blob(ex, "findings")
+    assert pages.renders == 1
+
+
 def test_error_pages_are_the_same_from_memory(srv_client, srv_records):
     """An error page is rendered once per (path, error, cache state) and answered with its status each time."""
     model, layer = first_with(srv_records, "nmf")
