@@ -20,17 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .declarations import architectures as declared
+from .experiments.nets import banding_net, cifar_resnet
 from .registry import Registry
 
-#: name -> builder(**kwargs) -> nn.Module; each builder carries ``input_size`` (C, H, W), its native size
+#: name -> builder(**kwargs) -> nn.Module; each builder carries ``input_size`` (C, H, W), its native size,
+#: from its declaration (precompute/declarations/architectures.py: the names the torch-free server knows)
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
 
 
-def register_arch(name: str, input_size: Optional[tuple[int, int, int]] = None):
-    """Decorator: register a builder under ``name``; ``input_size`` is the native (C, H, W) if known."""
+def register_arch(name: str):
+    """Decorator: register the builder of the declared architecture ``name``."""
+    if name not in declared.ARCHITECTURES:
+        raise ValueError(f"architecture {name!r} has a builder but no declaration; add "
+                         f"declare({name!r}, (C, H, W)) to precompute/declarations/architectures.py")
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        fn.input_size = tuple(input_size) if input_size else None  # type: ignore[attr-defined]
+        fn.input_size = declared.input_size(name)  # type: ignore[attr-defined]
         ARCHITECTURES.add(name, fn)
         return fn
 
@@ -50,14 +56,14 @@ def default_input_size(arch: str) -> Optional[tuple[int, int, int]]:
 # --------------------------------------------------------------------------- torchvision / timm
 
 
-@register_arch("mobilenet-v2", input_size=(3, 224, 224))
+@register_arch("mobilenet-v2")
 def mobilenet_v2(**kw) -> nn.Module:
     import torchvision
 
     return torchvision.models.mobilenet_v2(**kw)
 
 
-@register_arch("mobilenet-v2-features", input_size=(3, 224, 224))
+@register_arch("mobilenet-v2-features")
 def mobilenet_v2_features(**kw) -> nn.Module:
     """torchvision MobileNetV2's ``features`` (conv stack ending in the 1280-channel 1x1 conv)."""
     import torchvision
@@ -71,17 +77,17 @@ def _timm(name: str, **kw) -> nn.Module:
     return timm.create_model(name, pretrained=False, **kw)
 
 
-@register_arch("efficientnet-lite0", input_size=(3, 224, 224))
+@register_arch("efficientnet-lite0")
 def efficientnet_lite0(**kw) -> nn.Module:
     return _timm("tf_efficientnet_lite0", **kw)
 
 
-@register_arch("efficientnet-lite1", input_size=(3, 240, 240))
+@register_arch("efficientnet-lite1")
 def efficientnet_lite1(**kw) -> nn.Module:
     return _timm("tf_efficientnet_lite1", **kw)
 
 
-@register_arch("efficientnet-lite2", input_size=(3, 260, 260))
+@register_arch("efficientnet-lite2")
 def efficientnet_lite2(**kw) -> nn.Module:
     return _timm("tf_efficientnet_lite2", **kw)
 
@@ -106,13 +112,13 @@ def _vgg_features(batch_norm: bool) -> nn.Sequential:
     return features
 
 
-@register_arch("vgg16", input_size=(3, 224, 224))
+@register_arch("vgg16")
 def vgg16() -> nn.Module:
     """VGG16's conv stack: ``torchvision.models.vgg16().features`` (13 convs, 5 max pools)."""
     return _vgg_features(batch_norm=False)
 
 
-@register_arch("vgg16-bn", input_size=(3, 224, 224))
+@register_arch("vgg16-bn")
 def vgg16_bn(n_convs: int = 12) -> nn.Module:
     """``torchvision.models.vgg16_bn().features`` cut after its ``n_convs``-th conv (+ BN + ReLU).
 
@@ -134,35 +140,35 @@ def vgg16_bn(n_convs: int = 12) -> nn.Module:
     return features[:end]
 
 
-@register_arch("vgg16-full", input_size=(3, 224, 224))
+@register_arch("vgg16-full")
 def vgg16_full(**kw) -> nn.Module:
     import torchvision
 
     return torchvision.models.vgg16(**kw)
 
 
-@register_arch("resnet18", input_size=(3, 224, 224))
+@register_arch("resnet18")
 def resnet18(**kw) -> nn.Module:
     import torchvision
 
     return torchvision.models.resnet18(**kw)
 
 
-@register_arch("resnet50", input_size=(3, 224, 224))
+@register_arch("resnet50")
 def resnet50(**kw) -> nn.Module:
     import torchvision
 
     return torchvision.models.resnet50(**kw)
 
 
-@register_arch("alexnet", input_size=(3, 224, 224))
+@register_arch("alexnet")
 def alexnet(**kw) -> nn.Module:
     import torchvision
 
     return torchvision.models.alexnet(**kw)
 
 
-@register_arch("googlenet", input_size=(3, 224, 224))
+@register_arch("googlenet")
 def googlenet(**kw) -> nn.Module:
     """torchvision GoogLeNet without the auxiliary heads.
 
@@ -176,7 +182,7 @@ def googlenet(**kw) -> nn.Module:
     return torchvision.models.googlenet(**kw)
 
 
-@register_arch("inception-v3", input_size=(3, 299, 299))
+@register_arch("inception-v3")
 def inception_v3(**kw) -> nn.Module:
     """torchvision Inception-v3 with its auxiliary head (torchvision's weights include it)."""
     import torchvision
@@ -249,7 +255,7 @@ def keras_flatten_to_torch(kernel: torch.Tensor, c: int, h: int, w: int) -> torc
     return kernel.reshape(h, w, c, n_out).permute(3, 2, 0, 1).reshape(n_out, c * h * w).contiguous()
 
 
-@register_arch("cifar10-cnn", input_size=(3, 32, 32))
+@register_arch("cifar10-cnn")
 def cifar10_cnn(**kw) -> nn.Module:
     return KerasCifar10CNN(**kw)
 
@@ -327,7 +333,7 @@ def _cifar_resnet(depth: int):
     n = (depth - 2) // 6
     assert 6 * n + 2 == depth
 
-    @register_arch(f"resnet{depth}", input_size=(3, 32, 32))
+    @register_arch(f"resnet{depth}")
     def builder(**kw) -> nn.Module:
         return CifarResNet((n, n, n), **kw)
 
@@ -340,6 +346,16 @@ resnet20 = _cifar_resnet(20)
 resnet32 = _cifar_resnet(32)
 resnet44 = _cifar_resnet(44)
 resnet56 = _cifar_resnet(56)
+
+# the experiments' networks (their modules live with the trainer; no fixed input size)
+register_arch("banding-net")(banding_net)
+register_arch("cifar-resnet")(cifar_resnet)
+
+# a declared name without a builder would pass the server's upload check and fail only in the worker
+_missing = [n for n in declared.ARCHITECTURES if n not in ARCHITECTURES]
+if _missing:
+    raise ImportError(f"architectures declared without a builder: {', '.join(_missing)}; register one with "
+                      f"@register_arch here or remove the declaration from precompute/declarations/architectures.py")
 
 __all__ = [
     "ARCHITECTURES", "register_arch", "build", "default_input_size", "KerasCifar10CNN", "CifarResNet",

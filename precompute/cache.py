@@ -17,7 +17,6 @@ and then renamed over the target: a crash leaves either the old entry or the new
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from .locks import file_lock
 from .names import check_analysis_name, check_layer_name, check_model_name
 
 FORMAT = 1
@@ -195,14 +195,8 @@ class Cache:
     @contextmanager
     def model_lock(self, model: str):
         """Exclusive lock for read-modify-write of a model record (workers may share a model)."""
-        path = self.model_path(model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / f".{model}.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.model_path(model).parent / f".{model}.lock"):
+            yield
 
     def get_model(self, model: str) -> Optional[dict]:
         entry = self.read(self.model_path(model))

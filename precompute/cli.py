@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from server.app import create_app
 
+from .declarations.experiments import EXPERIMENTS
 from .errors import ModelError
 from .jobs import EmbeddedWorker, list_jobs, run_worker, submit
 from .names import InvalidName, check_layer_name, check_model_name
@@ -117,10 +118,12 @@ def _safe_record(cache, name):
 
 # ---- precompute --------------------------------------------------------------------------------
 def cmd_precompute(args) -> int:
-    from .pipeline import layer_analyses, precompute_many, resolve_device
+    from .devices import resolve_device
+    from .pipeline import layer_analyses, precompute_many
     from .zoo import default_specs, get_spec
 
     settings = get_settings()
+    device = args.device or settings.device  # CONVSCOPE_DEVICE, as the workers' jobs
     if not args.names and not args.all:
         raise CLIError("name at least one model, or --all for the default zoo (see `convscope zoo list`)")
     names = [s.name for s in default_specs(settings)] if args.all else []
@@ -130,8 +133,8 @@ def cmd_precompute(args) -> int:
             names.append(n)
     analyses = [a.strip() for a in args.analyses.split(",") if a.strip()] if args.analyses else None
     layer_analyses(analyses)
-    resolve_device(args.device)
-    outcome = precompute_many(names, settings, analyses=analyses, device=args.device, force=args.force,
+    resolve_device(device)
+    outcome = precompute_many(names, settings, analyses=analyses, device=device, force=args.force,
                               bar=sys.stderr.isatty() or args.progress, log=_p)
     failed = {n: o for n, o in outcome.items() if o.startswith("failed")}
     _p(f"{len(names) - len(failed)}/{len(names)} models precomputed into {settings.cache}")
@@ -179,7 +182,7 @@ def cmd_show(args) -> int:
 
 # ---- add ---------------------------------------------------------------------------------------
 def cmd_add(args) -> int:
-    from .sources import add_user_model
+    from .usermodels import add_user_model
 
     settings = get_settings()
     size = tuple(int(x) for x in args.input_size.split(",")) if args.input_size else None
@@ -191,7 +194,7 @@ def cmd_add(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from .sources import remove_user_model
+    from .usermodels import remove_user_model
 
     remove_user_model(args.name, get_settings())
     _p(f"removed {args.name}")
@@ -258,8 +261,10 @@ def cmd_jobs(args) -> int:
 # ---- train / experiments ------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .devices import DeviceError
-    from .experiments import EXPERIMENTS, DatasetError, RecordError, TrainingError, precompute_runs, train
+    from .experiments.datasets import DatasetError
+    from .experiments.records import RecordError
     from .experiments.resume import ResumeError
+    from .experiments.training import TrainingError, precompute_runs, train
 
     settings = get_settings()
     if args.list_runs or args.discard:
@@ -333,7 +338,7 @@ def _train_runs(args, settings) -> int:
 
 
 def cmd_experiments_list(args) -> int:
-    from .experiments import EXPERIMENTS, variant_specs
+    from .experiments.records import variant_specs
 
     trained = {s.name: s for s in variant_specs(get_settings())}
     rows = []
@@ -370,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("names", nargs="*", metavar="NAME")
     pc.add_argument("--all", action="store_true", help="the whole default zoo")
     pc.add_argument("--analyses", help="comma-separated analysis names (default: all)")
-    pc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pc.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: CONVSCOPE_DEVICE (auto)")
     pc.add_argument("--force", action="store_true", help="recompute cached results")
     pc.add_argument("--progress", action="store_true", help="progress bars even when not on a terminal")
     pc.set_defaults(func=cmd_precompute)

@@ -22,7 +22,6 @@ pipeline lazily.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -44,8 +43,10 @@ from typing import Any, Optional
 from pydantic import ValidationError
 
 from .cache import Cache, CorruptEntry, ResultKey, atomic_write, canonical_json
+from .declarations.limits import JOB_KINDS
 from .errors import ModelError
-from .names import InvalidName, check_model_name
+from .locks import file_lock
+from .names import MODEL_NAME, InvalidName, check_model_name
 from .redact import redact, settings_roots
 from .registry import UnknownName
 from .settings import Settings, get_settings
@@ -53,10 +54,10 @@ from .settings import Settings, get_settings
 HEARTBEAT_S = 1.0
 STALE_S = 6.0
 MAX_ATTEMPTS = 3
-KINDS = ("precompute", "upload", "train")
+KINDS = JOB_KINDS
 STATES = ("queued", "running", "done", "failed")
 #: what :func:`job_id` makes: ``<kind>-<model or name>-<16 hex digits>``
-JOB_ID = re.compile(r"^(?:precompute|upload|train)-[a-z0-9][a-z0-9._-]{0,79}-[0-9a-f]{16}$")
+JOB_ID = re.compile(r"^(?:" + "|".join(JOB_KINDS) + r")-" + MODEL_NAME + r"-[0-9a-f]{16}$")
 #: where the web server streams uploads, under ``settings.uploads`` (a name no model can have)
 INCOMING = ".incoming"
 
@@ -129,14 +130,8 @@ def _write(settings: Settings, job: dict) -> None:
 @contextmanager
 def _locked(settings: Settings, jid: str):
     """Exclusive lock for read-modify-write of one job's state (across processes)."""
-    folder = jobs_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{jid}.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(jobs_dir(settings) / f".{jid}.lock"):
+        yield
 
 
 def _event(job: dict, what: str, **extra) -> None:
@@ -338,7 +333,7 @@ def _execute(job: dict, settings: Settings, report, note=lambda **f: None) -> di
     if job["kind"] == "upload":
         return _run_upload(job, settings, report, note)
     if job["kind"] == "train":
-        from .experiments import precompute_runs, train
+        from .experiments.training import precompute_runs, train
 
         device = args.get("device", settings.device)
         # resume=True: a re-queued job (its worker died) continues from the last complete epoch
@@ -381,7 +376,7 @@ def _run_upload(job: dict, settings: Settings, report, note) -> dict:
     the job with a message that names the uploaded file as the user called it; a failed upload leaves
     no registration, no model record and no file behind (:func:`_cleanup_failed`)."""
     from .pipeline import precompute_model
-    from .sources import add_user_model
+    from .usermodels import add_user_model
 
     args = job["args"]
     path, name = upload_file(settings, args), args["name"]
@@ -419,7 +414,7 @@ def _cleanup_failed(settings: Settings, job: dict) -> None:
     try:
         _discard_incoming(settings, upload_file(settings, args))
         if job.get("registered") or _state_registered(settings, job["id"]):
-            from .sources import remove_user_model
+            from .usermodels import remove_user_model
 
             try:
                 remove_user_model(args["name"], settings)
@@ -460,8 +455,6 @@ def reap(settings: Settings) -> list[str]:
     return revived
 
 
-#: touched by a live worker every reap cycle; the container healthcheck reads its age
-ALIVE_FILE = Path(os.environ.get("CONVSCOPE_WORKER_ALIVE_FILE", "/tmp/convscope-worker.alive"))
 #: seconds between two reap cycles (each also renews the worker's presence file)
 REAP_EVERY_S = 2.0
 #: a presence file whose worker has not renewed it for this long belongs to a dead worker: removed
@@ -529,7 +522,7 @@ def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every
                 atomic_write(presence, json.dumps(dict(me, beat=time.time())).encode())
                 reap(settings)
                 _forget_dead_workers(settings)
-                ALIVE_FILE.touch()
+                settings.worker_alive_file.touch()
             except Exception:  # the reaper must not die on a transient error
                 traceback.print_exc()
             if stop.wait(reap_every):

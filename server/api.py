@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 from urllib.parse import parse_qsl
@@ -16,9 +17,13 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from precompute.declarations.limits import CLUSTER_K_DEFAULT, CLUSTER_K_PATTERN, JOB_KINDS, MAX_CLUSTER_PAIRS
 from precompute.names import (ANALYSIS_PATTERN, LAYER_PATTERN, MODEL_PATTERN, InvalidName, check_analysis_name,
                               check_model_name)
 
+from precompute.jobs import submit
+
+from . import experiments as experiment_pages
 from . import jobs as uploads
 from . import schemas
 from .data import (K_MAX, K_MIN, NEURON_PATTERN, Blob, BadRequest, CacheProblem, Conflict, ExplorerError, Explorer,
@@ -77,7 +82,7 @@ FAST_ROUTES: list[tuple[re.Pattern, Callable[..., Optional[Blob]]]] = [
     (re.compile(r"^/api/findings$"), lambda st, q: st.explorer.findings_blob(cached_only=True)),
     # without pairs FastAPI answers its own 422 (a required parameter)
     (re.compile(r"^/api/clusters$"),
-     lambda st, q: st.explorer.clusters_blob(q["pairs"], q.get("k", "8"), cached_only=True)
+     lambda st, q: st.explorer.clusters_blob(q["pairs"], q.get("k", str(CLUSTER_K_DEFAULT)), cached_only=True)
      if "pairs" in q else None),
 ]
 
@@ -158,7 +163,7 @@ ANALYSIS_P = dict(description="symmetry, nmf, kernels, svd, histogram, batchnorm
                               "`analyses` say which layers have one)",
                   json_schema_extra={"pattern": ANALYSIS_PATTERN, "maxLength": 40})
 PAIR_RE = f"{MODEL_PATTERN[11:-1]}:{LAYER_PATTERN[11:-1]}"
-PAIRS_PATTERN = rf"^(?!.*\.\.){PAIR_RE}(,{PAIR_RE}){{0,15}}$"
+PAIRS_PATTERN = rf"^(?!.*\.\.){PAIR_RE}(,{PAIR_RE}){{0,{MAX_CLUSTER_PAIRS - 1}}}$"
 
 ERRORS = {404: {"model": schemas.ErrorBody, "description": "Unknown name or out-of-range neuron; the body names what exists"},
           422: {"model": schemas.ErrorBody, "description": "Malformed name or parameter; the body says what is accepted"}}
@@ -212,11 +217,11 @@ async def get_result(request: Request, model: str = PathParam(..., **MODEL_P),
 @router.get("/clusters", tags=["compare"], responses={**ok(schemas.Clusters), **CACHED},
             summary="k-means clusters of NMF reduced forms over several (model, layer) pairs; share per cluster")
 def get_clusters(request: Request,
-                 pairs: str = Query(..., description="comma-separated model:layer pairs (1..16, each a layer with "
-                                                     "an NMF result, all of one kernel size)",
+                 pairs: str = Query(..., description=f"comma-separated model:layer pairs (1..{MAX_CLUSTER_PAIRS}, each "
+                                                     "a layer with an NMF result, all of one kernel size)",
                                     json_schema_extra={"pattern": PAIRS_PATTERN}),
-                 k: str = Query("8", description=f"number of clusters, {K_MIN}..{K_MAX}",
-                                json_schema_extra={"pattern": "^(?:[4-9]|1[0-9])$"})):
+                 k: str = Query(str(CLUSTER_K_DEFAULT), description=f"number of clusters, {K_MIN}..{K_MAX}",
+                                json_schema_extra={"pattern": CLUSTER_K_PATTERN})):
     return send(request, explorer(request).clusters_blob(pairs, k))
 
 
@@ -233,23 +238,19 @@ def get_findings(request: Request):
 @router.get("/experiments", tags=["experiments"],
             summary="Experiments with precomputed variants (and the declared ones not trained yet)")
 def list_experiments(request: Request):
-    from .experiments import list_experiments as listing
-
-    return send(request, Blob.of(listing(explorer(request))))
+    return send(request, Blob.of(experiment_pages.list_experiments(explorer(request))))
 
 
 @router.get("/experiments/{experiment}", tags=["experiments"], responses=ERRORS,
             summary="An experiment: its variants with test accuracy and headline numbers, shared NMF layers")
 def get_experiment(request: Request, experiment: str = PathParam(..., description="experiment name, as listed "
                                                                                     "by GET /api/experiments")):
-    from .experiments import experiment_detail
-
-    return send(request, Blob.of(experiment_detail(explorer(request), experiment)))
+    return send(request, Blob.of(experiment_pages.experiment_detail(explorer(request), experiment)))
 
 
 # ---- uploads and jobs ---------------------------------------------------------------------------
 JOB_DOC = "a job id as returned when the job was submitted (<kind>-<model>-<16 hex digits>)"
-JOB_ID_PATTERN = "^(?:precompute|upload|train)-" + MODEL_PATTERN[1:-1] + "-[0-9a-f]{16}$"
+JOB_ID_PATTERN = "^(?:" + "|".join(JOB_KINDS) + ")-" + MODEL_PATTERN[1:-1] + "-[0-9a-f]{16}$"
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -262,7 +263,7 @@ def get_architectures():
 @router.get("/jobs", tags=["jobs"], responses={**ok(schemas.JobList, "OK (not cached)"), 422: ERRORS[422]},
             summary="Recent jobs (precompute, upload, train), newest first, with state and progress")
 def list_jobs(request: Request,
-              kind: Optional[Literal["precompute", "upload", "train"]] = Query(None, description="only jobs of this kind"),
+              kind: Optional[Literal[JOB_KINDS]] = Query(None, description="only jobs of this kind"),
               limit: int = Query(50, ge=1, le=500, description="at most this many")):
     settings = request.app.state.settings
     jobs = uploads.recent_jobs(settings, limit, kind)
@@ -288,8 +289,6 @@ def _accepted(job: dict) -> JSONResponse:
 
 
 def _submit(kind: str, args: dict, settings, again: bool = False) -> dict:
-    from precompute.jobs import submit
-
     try:
         return submit(kind, args, settings, again=again)
     except Exception as e:  # the queue is down (Redis unreachable, a full disk): the server's problem
@@ -393,8 +392,6 @@ async def post_upload(request: Request):
         if form["file"] is not None:
             Path(form["file"]["path"]).unlink(missing_ok=True)
         if final is not None:
-            import shutil
-
             shutil.rmtree(final.parent, ignore_errors=True)
         raise
     return _accepted(job)

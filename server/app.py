@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import threading
 from pathlib import Path
 from typing import Optional
@@ -41,8 +42,6 @@ Jobs (uploads, precompute) go through the job queue and are run by `convscope wo
 
 
 def plotly_path() -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec("plotly")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the plotly package is not installed; pip install plotly")

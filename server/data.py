@@ -34,6 +34,8 @@ from typing import Any, Callable, Optional
 
 from precompute import clustering
 from precompute.cache import Cache, CorruptEntry, ResultKey, canonical_json, decode_entry
+from precompute.declarations.limits import CLUSTER_K_MAX, CLUSTER_K_MIN, GAMMA_THRESHOLDS, MAX_CLUSTER_PAIRS
+from precompute.jobs import job_id, read_job, submit
 from precompute.names import InvalidName, check_analysis_name, check_layer_name, check_model_name
 from precompute.settings import Settings
 
@@ -48,8 +50,8 @@ GZIP_MIN = 1000
 API_VERSION = "1"
 #: the layer types that have neurons (conv/linear: output units; batchnorm: channels)
 NEURON_TYPES = ("conv", "linear", "batchnorm")
-#: cluster-count bounds for /api/clusters (the article's figure 12 uses 4..19)
-K_MIN, K_MAX = 4, 19
+#: cluster-count bounds for /api/clusters (their home: precompute/declarations/limits.py)
+K_MIN, K_MAX = CLUSTER_K_MIN, CLUSTER_K_MAX
 #: a neuron index as a client sends it (the OpenAPI pattern of the neuron parameter)
 NEURON_PATTERN = r"^-?[0-9]{1,11}$"
 NEURON = re.compile(NEURON_PATTERN)
@@ -393,7 +395,8 @@ class Explorer:
                     + (f" ({why[analysis]})" if analysis in why else "") + ".")
         return None
 
-    def check_pairs(self, pairs: Optional[str], analysis: str, limit: int = 16) -> tuple[list[str], list[dict]]:
+    def check_pairs(self, pairs: Optional[str], analysis: str,
+                    limit: int = MAX_CLUSTER_PAIRS) -> tuple[list[str], list[dict]]:
         """Split a comma-separated ``model:layer`` list from a URL into the pairs that can be shown (in
         order, each once, at most ``limit``) and the ones that cannot, each with its reason."""
         ok: list[str] = []
@@ -430,8 +433,6 @@ class Explorer:
         """The recompute job of ``model``: the queued or running one, else a new one. A request that only
         finds an entry still missing does not queue another job within RECOMPUTE_EVERY seconds of the last
         (no loop of jobs when a result cannot be restored); a newly discarded entry always does."""
-        from precompute.jobs import job_id, read_job, submit
-
         args = {"model": model, "force": False}  # as `convscope submit`, so the ids collapse
         jid = job_id("precompute", args)
         with self._lock:
@@ -452,8 +453,6 @@ class Explorer:
         hit = self._recovering.get(model)
         if hit is None:
             return
-        from precompute.jobs import read_job
-
         job = read_job(self.settings, hit[1])
         if job and job["state"] in ("queued", "running"):
             raise Recomputing(f"the record of {model} is being recomputed (job {job['id']}, {job['state']}); "
@@ -776,8 +775,8 @@ class Explorer:
             if (model, layer) in out:
                 raise BadRequest(f"pair {model}:{layer} is given twice")
             out.append((model, layer))
-        if len(out) > 16:
-            raise BadRequest(f"at most 16 pairs; got {len(out)}")
+        if len(out) > MAX_CLUSTER_PAIRS:
+            raise BadRequest(f"at most {MAX_CLUSTER_PAIRS} pairs; got {len(out)}")
         return out
 
     def cluster_params(self, parsed: list[tuple[str, str]], k: int, seed: int = 0) -> dict:
@@ -943,7 +942,7 @@ def profiles(rec: dict) -> dict:
             if v is not None:
                 spars.append({**base, "value": v, "kurtosis": _finite(s.get("kurtosis")), "type": r.get("type")})
         if r.get("type") == "batchnorm":
-            vals = {t: _finite(s.get(f"gamma_below_{t}")) for t in ("0.01", "0.05", "0.1")}
+            vals = {t: _finite(s.get(f"gamma_below_{t}")) for t in GAMMA_THRESHOLDS}
             if any(v is not None for v in vals.values()):
                 follows = r.get("follows")
                 gam.append({**base, "follows": follows, "depth": depth.get(follows) if follows else None,

@@ -1,11 +1,10 @@
 """The experiment pages' data: the trained variants of each experiment, side by side. No HTTP here and
-no torch (``precompute.experiments`` imports torch, so it is not imported): everything comes from the
-model records in the cache, whose ``spec.extra`` is the variant's run record (reference/README.md):
-experiment, variant, final test accuracy, measurements, command.
+no torch: the runs come from the model records in the cache, whose ``spec.extra`` is the variant's run
+record (reference/README.md): experiment, variant, final test accuracy, measurements, command.
 
-An experiment is listed when at least one of its variants is precomputed. :data:`KNOWN` mirrors the
-title, description, paper and declared variants of ``precompute.experiments.EXPERIMENTS`` (a test keeps
-the two equal) so that the pages can name the experiments and the variants that are not trained yet.
+An experiment is listed when at least one of its variants is precomputed. Titles, descriptions, papers
+and the declared variants come from the declarations the trainer uses too
+(``precompute/declarations/experiments.py``), so the pages also name the variants not trained yet.
 
 Headline numbers per variant (:func:`variant_row`):
 
@@ -21,56 +20,21 @@ Headline numbers per variant (:func:`variant_row`):
 
 from __future__ import annotations
 
-import re
-from typing import Any, Optional
+from typing import Optional
+
+from precompute.declarations.experiments import EXPERIMENTS, RANDOM, Experiment
+from precompute.declarations.limits import CLUSTER_K_DEFAULT as DEFAULT_K
+from precompute.declarations.limits import GAMMA_OFF
+from precompute.declarations.limits import MAX_CLUSTER_PAIRS as MAX_PAIRS
+from precompute.names import is_model_name
 
 from .data import Explorer, ExplorerError, NotFound, _finite, profiles, unknown
 
-RANDOM = "random"
-#: default number of clusters of the cluster-proportion figure (the compare page's default too)
-DEFAULT_K = 8
-#: /api/clusters takes at most this many (model, layer) pairs
-MAX_PAIRS = 16
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 
-#: mirror of precompute.experiments.EXPERIMENTS (name -> title, description, paper, declared variants,
-#: measurements); tests/test_experiment_pages.py checks that it equals the registry
-KNOWN: dict[str, dict[str, Any]] = {
-    "banding": {
-        "title": "Weight banding",
-        "description": "The simplified net of the weight-banding article (6 groups of 3x3 conv + BN + ReLU, L2 "
-                       "pooling, global average pooling, linear), and one change each to what should make "
-                       "banding appear, flip or vanish in the last conv layers.",
-        "paper": "weight-banding.txt",
-        "variants": ["baseline", "rot90", "nogap", "xpool"],
-        "measurements": ["gamma_clamp", "dead_relu"],
-    },
-    "bnonly": {
-        "title": "Training BatchNorm and only BatchNorm",
-        "description": "A CIFAR-style ResNet-20 trained with all parameters, or with only BatchNorm's gamma and beta "
-                       "(optionally plus the output layer), every conv frozen at its He-normal initialisation. "
-                       "BatchNorm gamma starts U[0, 1] as in Frankle et al.",
-        "paper": "training-batchnorm-only.txt",
-        "variants": ["all", "bn", "bn-output"],
-        "measurements": ["gamma_clamp", "dead_relu"],
-    },
-    "symmetry": {
-        "title": "Symmetry of the mean kernel: padding",
-        "description": "The CIFAR-style ResNet-20 with zero padding, reflection padding, or an odd input size "
-                       "(every stride-2 conv then consumes its padding evenly).",
-        "paper": "symmetries-in-convolutional-weights.txt",
-        "variants": ["zeropad", "reflectpad", "oddsize"],
-        "measurements": ["gamma_clamp", "dead_relu"],
-    },
-    "branches": {
-        "title": "Branch specialisation",
-        "description": "The CIFAR-style ResNet-20 with the convolutions of its first two stages split into 1, 2 or "
-                       "4 branches (grouped convolutions; the stem is whole and the third stage merges them).",
-        "paper": "branch-specialization.txt",
-        "variants": ["1", "2", "4"],
-        "measurements": ["gamma_clamp", "dead_relu"],
-    },
-}
+
+def _declared(experiment: str) -> Optional[Experiment]:
+    """The experiment's declaration (precompute/declarations/experiments.py), None for an undeclared one."""
+    return EXPERIMENTS.get(experiment) if experiment in EXPERIMENTS else None
 
 
 def _extra(rec: dict) -> dict:
@@ -92,15 +56,15 @@ def variant_records(ex: Explorer) -> dict[str, dict[str, dict]]:
         exp, var = extra.get("experiment"), extra.get("variant")
         if spec.get("family") != "variant" or not isinstance(exp, str) or not isinstance(var, str):
             continue
-        if not _NAME.match(exp):
+        if not is_model_name(exp):
             continue
         out.setdefault(exp, {})[var] = rec
     return out
 
 
 def declared_variants(experiment: str) -> list[str]:
-    info = KNOWN.get(experiment)
-    return (list(info["variants"]) + [RANDOM]) if info else []
+    declared = _declared(experiment)
+    return declared.variant_names(with_random=True) if declared else []
 
 
 def _ordered(experiment: str, variants) -> list[str]:
@@ -110,9 +74,10 @@ def _ordered(experiment: str, variants) -> list[str]:
 
 
 def _info(experiment: str) -> dict:
-    info = KNOWN.get(experiment) or {}
-    return {"name": experiment, "title": info.get("title", experiment), "description": info.get("description", ""),
-            "paper": info.get("paper", ""), "declared_variants": declared_variants(experiment),
+    declared = _declared(experiment)
+    return {"name": experiment, "title": declared.title if declared else experiment,
+            "description": declared.description if declared else "",
+            "paper": declared.paper if declared else "", "declared_variants": declared_variants(experiment),
             "url": f"/experiments/{experiment}", "api": f"/api/experiments/{experiment}"}
 
 
@@ -128,13 +93,13 @@ def _nmf_layers(rec: dict) -> list[str]:
     return [r["name"] for r in inv if r["name"] in have]
 
 
-def gamma_below(rec: dict, threshold: str = "0.01") -> Optional[dict]:
+def gamma_below(rec: dict, threshold: str = GAMMA_OFF) -> Optional[dict]:
     """Share of BatchNorm |gamma| < threshold over the whole model: from the run record's gamma_clamp
     measurement when present, else channel-weighted over the ``batchnorm`` scalars of the cache."""
     meas = (_extra(rec).get("measurements") or {}).get("gamma_clamp") or {}
     t = (meas.get("thresholds") or {}).get(threshold) or {}
     v = _finite(t.get("fraction_clamped"))
-    if v is None and threshold == "0.01" and _finite(meas.get("threshold")) == 0.01:
+    if v is None and threshold == GAMMA_OFF and _finite(meas.get("threshold")) == float(GAMMA_OFF):
         v = _finite(meas.get("fraction_clamped"))
     if v is not None:
         return {"value": v, "source": "record"}
@@ -226,7 +191,7 @@ def variant_row(experiment: str, variant: str, rec: dict) -> dict:
 def list_experiments(ex: Explorer) -> dict:
     """The experiments with at least one precomputed variant, and the declared ones without any."""
     found = variant_records(ex)
-    names = [n for n in KNOWN if n in found] + sorted(n for n in found if n not in KNOWN)
+    names = [n for n in EXPERIMENTS if n in found] + sorted(n for n in found if n not in EXPERIMENTS)
     rows = []
     for name in names:
         variants = _ordered(name, found[name])
@@ -234,7 +199,7 @@ def list_experiments(ex: Explorer) -> dict:
         rows.append({**_info(name), "variants": variants, "models": [found[name][v].get("name") for v in variants],
                      "accuracy": accs,
                      "missing": [v for v in declared_variants(name) if v not in found[name]]})
-    untrained = [{**_info(n), "command": _command(n)} for n in KNOWN if n not in found]
+    untrained = [{**_info(n), "command": _command(n)} for n in EXPERIMENTS if n not in found]
     return {"experiments": rows, "count": len(rows), "untrained": untrained}
 
 
@@ -248,10 +213,10 @@ def experiment_detail(ex: Explorer, experiment: str) -> dict:
     layers of the cluster figure (the last two shared ones) and how the runs were made.
     404 (with the known experiments) for an experiment without a precomputed variant."""
     found = variant_records(ex)
-    known = [n for n in KNOWN if n in found] + sorted(n for n in found if n not in KNOWN)
+    known = [n for n in EXPERIMENTS if n in found] + sorted(n for n in found if n not in EXPERIMENTS)
     if experiment not in found:
         msg = unknown("experiment", experiment, known)
-        if experiment in KNOWN:
+        if experiment in EXPERIMENTS:
             msg = (f"experiment {experiment!r} has no precomputed variant yet: train and precompute it with "
                    f"`{_command(experiment)}`. Experiments with variants: {', '.join(known) or 'none'}")
         raise NotFound(msg, known=known)

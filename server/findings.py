@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from precompute.declarations.limits import GAMMA_OFF, GAMMA_THRESHOLDS
+
 #: the paper's threshold for a switched-off BatchNorm channel (and a looser one beside it)
-GAMMA_OFF = "0.01"
-GAMMA_LOOSE = "0.1"
+GAMMA_LOOSE = GAMMA_THRESHOLDS[-1]
 #: components of the SVD / PCA compared with the colourfulness
 COLOUR_COMPONENTS = 4
 

@@ -22,7 +22,8 @@ from typing import Optional
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from precompute.archnames import UPLOAD_ARCHITECTURES
+from precompute.declarations.architectures import upload_architectures
+from precompute.declarations.limits import UPLOAD_EXTENSIONS as EXTENSIONS
 from precompute.jobs import INCOMING, EmbeddedWorker, JobError, check_job_id, list_jobs, live_workers, read_job
 from precompute.redact import redact
 from precompute.settings import Settings
@@ -30,7 +31,6 @@ from precompute.settings import Settings
 from .data import BadRequest, ExplorerError, NotFound
 
 ARCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
-EXTENSIONS = (".safetensors", ".pt", ".pth", ".th")
 #: a checkpoint's file name: one path component, printable, no separators, no NUL, no leading dot
 FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 _.,()\[\]+=@~-]{0,199}$")
 DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -48,9 +48,10 @@ class TooLarge(ExplorerError):
 
 # ---- architectures ---------------------------------------------------------------------------------
 def architectures() -> dict:
-    """The architectures an upload may name (a static torch-free list; the worker checks again)."""
-    return {"architectures": sorted(UPLOAD_ARCHITECTURES),
-            "input_sizes": {a: list(s) for a, s in sorted(UPLOAD_ARCHITECTURES.items())}}
+    """The architectures an upload may name (declared torch-free; the worker checks again against the
+    builders)."""
+    sizes = upload_architectures()
+    return {"architectures": sorted(sizes), "input_sizes": {a: list(s) for a, s in sorted(sizes.items())}}
 
 
 # ---- validation -------------------------------------------------------------------------------------

@@ -19,8 +19,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from precompute.declarations import limits
+
 from .api import HTML, send
 from .data import LRU, Blob, Explorer, ExplorerError, NotFound, nearest
+from .experiments import experiment_detail, list_experiments
 from .jobs import get_job, public_job, recent_jobs, worker_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +47,8 @@ REFS = {
                 "https://stats.stackexchange.com/q/198762"),
 }
 templates.env.globals["REFS"] = REFS
+#: the limits the pages' JavaScript and templates use (a <script id="limits"> in base.html), from their one home
+templates.env.globals["limits"] = limits.public()
 
 
 # ---- static files under versioned URLs ---------------------------------------------------------------
@@ -399,8 +404,6 @@ FAST_PAGES = [
 
 @router.get("/experiments", response_class=HTMLResponse)
 def experiments_page(request: Request):
-    from .experiments import list_experiments
-
     data = list_experiments(explorer(request))
     return render(request, "experiments.html", title="experiments · convscope", d=data,
                   crumbs=[{"label": "Experiments"}], boot={"page": "experiments"})
@@ -408,8 +411,6 @@ def experiments_page(request: Request):
 
 @router.get("/experiments/{experiment}", response_class=HTMLResponse)
 def experiment_page(request: Request, experiment: str):
-    from .experiments import experiment_detail
-
     d = experiment_detail(explorer(request), experiment)
     return render(request, "experiment.html", title=f"{experiment} · experiments · convscope", d=d,
                   crumbs=[{"label": "Experiments", "url": "/experiments"}, {"label": d["title"]}],

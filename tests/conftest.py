@@ -47,13 +47,25 @@ def tmp_settings(tmp_path) -> Settings:
     )
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
+def _strict_skip(report) -> None:
+    """Under CONVSCOPE_STRICT_DEPS=1, a skip whose reason says something is "missing" becomes a failure."""
     if not report.skipped or os.environ.get("CONVSCOPE_STRICT_DEPS") != "1":
         return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     if "missing" in reason:
         report.outcome = "failed"
         report.longrepr = f"skipped for a missing dependency although `make system-deps` installed them: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _strict_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # a whole module skipped while it is collected (pytest.importorskip at the top of tests/test_fuzz.py)
+    # never reaches pytest_runtest_makereport
+    outcome = yield
+    _strict_skip(outcome.get_result())

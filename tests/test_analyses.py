@@ -517,3 +517,23 @@ def test_banding_index_sees_stripes_that_cancel_in_the_colour_sum():
     assert np.allclose(img.sum(-1), img.sum(-1)[:, :1, :1], atol=0.05)  # the colour sum is ~flat...
     assert res["banding_index"] > 0.9, res["banding_index"]  # ...yet the layer is banded
     assert run_one("nmf", W.transpose(2, 3).contiguous())["banding_index"] < -0.9
+
+
+@pytest.mark.parametrize("name", [n for n, a in ANALYSES.items() if a.scope == "layer"])
+def test_every_layer_analysis_runs_under_the_base_class_thread_limit(name, monkeypatch):
+    """run -> thread limit -> _run is written once, in the base class: no analysis overrides run, and
+    _run sees the analysis' declared thread count on the CPU (0: torch's own setting)."""
+    from precompute.analyses.base import Analysis
+
+    a = ANALYSES.get(name)
+    assert type(a).run is Analysis.run, f"{name} overrides run; put its work in _run"
+    seen = []
+    monkeypatch.setattr(type(a), "_run", lambda self, ctx, rows, params: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ctx = make_ctx(nn.Sequential(nn.Conv2d(3, 4, 3)))
+        a.run(ctx, [], a.params())
+        assert seen == [a.threads or 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -458,16 +458,36 @@ def test_clusters_planted_structure():
     assert d["proportions"][0] == [0.75, 0.25] and d["proportions"][1] == [0.25, 0.75]
 
 
-def test_server_and_analysis_share_one_clustering_function():
-    """No duplicate k-means: the ``clusters`` analysis and the server call precompute.clustering."""
+def test_server_and_analysis_share_one_clustering_function(tmp_path, srv_settings, srv_records, monkeypatch):
+    """No duplicate k-means: the ``clusters`` analysis is precompute.clustering's function, and a clusters
+    request that computes (no group entry yet) goes through that same function, whatever the server's code
+    looks like."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
     import precompute.clustering as clustering
     from precompute.analyses import ANALYSES
     from precompute.analyses import clusters as analysis_module
+    from server.app import create_app
 
     assert analysis_module.compute_clusters is clustering.compute_clusters
     assert ANALYSES.get("clusters").version == clustering.VERSION
-    source = (REPO / "server" / "data.py").read_text()
-    assert "KMeans" not in source and "def compute_clusters" not in source
+    shutil.copytree(srv_settings.cache, tmp_path / "cache")
+    shutil.rmtree(tmp_path / "cache" / "groups", ignore_errors=True)  # other tests' requests wrote some
+    calls = []
+    real = clustering.compute_clusters
+
+    def spy(entries, k, **kw):
+        calls.append(([(m, l) for m, l, _ in entries], k))
+        return real(entries, k, **kw)
+
+    monkeypatch.setattr(clustering, "compute_clusters", spy)
+    pairs = _nmf_pairs(srv_records, 2)
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        r = c.get("/api/clusters?pairs=" + ",".join(f"{m}:{l}" for m, l, _ in pairs) + "&k=5")
+    assert r.status_code == 200, r.text
+    assert calls == [([(m, l) for m, l, _ in pairs], 5)]
 
 
 def test_clusters_are_cached_as_a_group_entry(tmp_path, srv_settings, srv_records, monkeypatch):
@@ -570,14 +590,15 @@ def resnet20_state_dict(tmp_path_factory) -> Path:
 
 
 def test_architectures_lists_the_upload_registry(srv_client):
-    """GET /api/architectures: the static torch-free list of precompute/archnames.py (kept equal to
-    the builders' registry by test_security) with each one's native input size."""
-    from precompute.archnames import UPLOAD_ARCHITECTURES
+    """GET /api/architectures: the declared architectures with a native input size
+    (precompute/declarations/architectures.py), each with that size; the experiments' nets have none."""
+    from precompute.declarations.architectures import upload_architectures
 
     r = srv_client.get("/api/architectures")
     assert r.status_code == 200
     body = r.json()
-    assert body["architectures"] == sorted(UPLOAD_ARCHITECTURES)
+    assert body["architectures"] == sorted(upload_architectures())
+    assert not {"banding-net", "cifar-resnet"} & set(body["architectures"])
     assert {"resnet20", "resnet56", "cifar10-cnn", "vgg16", "mobilenet-v2"} <= set(body["architectures"])
     assert body["input_sizes"]["resnet20"] == [3, 32, 32] and body["input_sizes"]["vgg16"] == [3, 224, 224]
     assert set(body["input_sizes"]) == set(body["architectures"])

@@ -71,9 +71,7 @@ def test_healthchecks_point_at_real_things(compose):
     web = " ".join(compose["services"]["web"]["healthcheck"]["test"])
     assert "/healthz" in web
     worker = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
-    from precompute.jobs import ALIVE_FILE
-
-    assert str(ALIVE_FILE) in worker
+    assert str(Settings.model_fields["worker_alive_file"].default) in worker
 
 
 def _image_services(compose):
@@ -126,7 +124,7 @@ def test_every_convscope_service_runs_a_real_subcommand(compose):
     assert "--no-worker" in compose["services"]["web"]["command"]  # the worker service runs the jobs
 
 
-ENV_NOT_SETTINGS = {"CONVSCOPE_WORKER_ALIVE_FILE"}  # read by precompute.jobs, not a Settings field
+ENV_NOT_SETTINGS: set[str] = set()  # every variable is a Settings field
 
 
 def _setting_names() -> set[str]:
@@ -174,7 +172,7 @@ from urllib.parse import urlsplit  # noqa: E402
 from server_fixtures import free_port, redis_server, stop_processes  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
-CONTAINER_ALIVE_FILE = "/tmp/convscope-worker.alive"  # the default of CONVSCOPE_WORKER_ALIVE_FILE
+CONTAINER_ALIVE_FILE = str(Settings.model_fields["worker_alive_file"].default)  # CONVSCOPE_WORKER_ALIVE_FILE
 CHEAP_JOB = ["convscope", "submit", "resnet20-random", "--analyses", "symmetry"]  # seeded: no download
 
 

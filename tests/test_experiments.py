@@ -17,9 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from precompute.experiments import (EXPERIMENTS, MAX_CHECKPOINT_BYTES, RECORD_KEYS, RecordError, build_net,
-                                    train, variant_specs)
+from precompute.architectures import build
+from precompute.declarations.experiments import EXPERIMENTS
 from precompute.experiments import datasets as ds
+from precompute.experiments.records import MAX_CHECKPOINT_BYTES, RECORD_KEYS, RecordError, variant_specs
+from precompute.experiments.training import train
 from precompute.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +215,7 @@ def test_default_architectures_fit_the_size_limit():
             for in_ch, size in ((1, 29), (3, 33)):  # the largest inputs: odd-size CIFAR
                 if e.arch == "banding-net":
                     kw["image_size"] = [size, size]
-                n = sum(p.numel() + 0 for p in build_net(e.arch, in_channels=in_ch, **kw).state_dict().values())
+                n = sum(p.numel() + 0 for p in build(e.arch, in_channels=in_ch, **kw).state_dict().values())
                 assert 2 * n < MAX_CHECKPOINT_BYTES, (exp, v, n)
 
 

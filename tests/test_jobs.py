@@ -366,7 +366,7 @@ def test_a_failed_jobs_error_shows_paths_relative_to_the_data_dir(queue_settings
     import torch
 
     from precompute.architectures import build
-    from precompute.sources import add_user_model
+    from precompute.usermodels import add_user_model
 
     ckpt = queue_settings.data_dir / "mine.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -391,7 +391,7 @@ def test_a_records_source_shows_the_checkpoints_file_name_only(queue_settings):
     import torch
 
     from precompute.architectures import build
-    from precompute.sources import add_user_model, user_specs
+    from precompute.usermodels import add_user_model, user_specs
 
     ckpt = queue_settings.data_dir / "mine.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)

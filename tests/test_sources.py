@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 
 from precompute.architectures import build
 from precompute.registry import UnknownName
-from precompute.sources import (LocalFile, PypiWheel, Seeded, Url, Variant, ZooDirOrUrl, add_user_model,
-                                read_checkpoint, remove_user_model, sha256_file, user_specs)
+from precompute.sources import LocalFile, PypiWheel, Seeded, Url, Variant, ZooDirOrUrl, read_checkpoint, sha256_file
+from precompute.usermodels import add_user_model, remove_user_model, user_specs
 from precompute.zoo import ModelError, ModelSpec
 
 

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..registry import Registry
+from .nmf_core import cpu_threads
 
 
 class NoParams(BaseModel):
@@ -58,7 +59,8 @@ class ModelContext:
 
 
 class Analysis:
-    """Base class. Subclasses set ``name``, ``version``, ``Params`` and implement ``applies`` and ``run``."""
+    """Base class. Subclasses set ``name``, ``version``, ``Params`` and implement ``applies`` and ``_run``
+    (:meth:`run` calls it under the thread limit)."""
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
@@ -66,6 +68,9 @@ class Analysis:
     Params: ClassVar[type[BaseModel]] = NoParams
     #: per-model analyses run on layers; "group" analyses (clusters) run over several models
     scope: ClassVar[str] = "layer"
+    #: torch threads while it runs on the CPU: the analyses are many small tensor operations, whose thread
+    #: start-up and barrier costs dominate with more than one (see nmf_core.cpu_threads); 0 keeps torch's
+    threads: ClassVar[int] = 1
 
     def params(self, **overrides) -> BaseModel:
         """Validated parameters (defaults filled in); raises pydantic.ValidationError on bad values."""
@@ -76,6 +81,10 @@ class Analysis:
 
     def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         """Compute the result of every layer in ``rows``; returns {layer name: JSON-able result}."""
+        with cpu_threads(self.threads if ctx.device.type == "cpu" else 0):
+            return self._run(ctx, rows, params)
+
+    def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         raise NotImplementedError
 
     def scalars(self, result: dict) -> dict[str, float]:

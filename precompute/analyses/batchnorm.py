@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from ..declarations.limits import GAMMA_THRESHOLDS
 from .base import Analysis, ModelContext, register_analysis, to_list
-from .nmf_core import cpu_threads
 
-THRESHOLDS = ("0.01", "0.05", "0.1")
+#: the |gamma| thresholds of the scalar keys gamma_below_<t>: the floor's, which the server reads them by
+THRESHOLDS = GAMMA_THRESHOLDS
 
 
 class BatchNormParams(BaseModel):
@@ -29,10 +30,6 @@ class BatchNorm(Analysis):
 
     def applies(self, row: dict) -> bool:
         return row.get("type") == "batchnorm"
-
-    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
-        with cpu_threads(1 if ctx.device.type == "cpu" else 0):
-            return self._run(ctx, rows, params)
 
     def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         out = {}

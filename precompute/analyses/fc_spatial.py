@@ -10,7 +10,6 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from .base import Analysis, ModelContext, register_analysis, to_list
-from .nmf_core import cpu_threads
 
 
 class FCSpatialParams(BaseModel):
@@ -26,10 +25,6 @@ class FCSpatial(Analysis):
 
     def applies(self, row: dict) -> bool:
         return row.get("type") == "linear" and bool(row.get("flatten_from"))
-
-    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
-        with cpu_threads(1 if ctx.device.type == "cpu" else 0):
-            return self._run(ctx, rows, params)
 
     def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         out = {}

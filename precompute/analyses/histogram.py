@@ -24,7 +24,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import Analysis, ModelContext, register_analysis, to_list
-from .nmf_core import cpu_threads
 
 _CHUNK = 1 << 22
 
@@ -134,10 +133,6 @@ class Histogram(Analysis):
 
     def applies(self, row: dict) -> bool:
         return row.get("type") in ("conv", "linear")
-
-    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
-        with cpu_threads(1 if ctx.device.type == "cpu" else 0):
-            return self._run(ctx, rows, params)
 
     def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         return {r["name"]: weight_histogram(ctx.weight(r["name"]), params) for r in rows}

@@ -61,11 +61,13 @@ class NMF(Analysis):
     description = ("Rank-3 NMF of each neuron's [W+, W-] (positions x channels); position factors as RGB "
                    "images with colours aligned across the layer; neuron order by similarity; banding index.")
     Params = NMFParams
+    #: nmf_layers sets its own thread count (nmf_core.NMF_THREADS)
+    threads = 0
 
     def applies(self, row: dict) -> bool:
         return nmf_applies(row)
 
-    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+    def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         weights = {r["name"]: ctx.weight(r["name"]) for r in rows}
         big = 2 ** 27 if ctx.device.type == "cuda" else 2 ** 24
         fits = nmf_layers(weights, rank=params.rank, max_iter=params.max_iter, tol=params.tol,

@@ -35,7 +35,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Analysis, ModelContext, register_analysis, to_list
-from .nmf_core import cpu_threads
 
 
 class SVDParams(BaseModel):
@@ -181,14 +180,14 @@ class SVD(Analysis):
         """Conv (not depthwise) or linear layers fed by a conv."""
         return row.get("type") in ("conv", "linear") and bool(row.get("feeds_from")) and not row.get("depthwise")
 
-    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+    def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         from threadpoolctl import threadpool_limits
 
-        # many small LAPACK calls: one thread each (torch and scipy's BLAS), see nmf_core.cpu_threads
-        with cpu_threads(1 if ctx.device.type == "cpu" else 0), threadpool_limits(1):
-            return self._run(ctx, rows, params)
+        # many small LAPACK calls: scipy's BLAS gets one thread too (torch's: the base class's run)
+        with threadpool_limits(1):
+            return self._layers(ctx, rows, params)
 
-    def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+    def _layers(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         out = {}
         for row in rows:
             feeder = ctx.row(row["feeds_from"])

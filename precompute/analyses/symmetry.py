@@ -26,7 +26,6 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from .base import Analysis, ModelContext, register_analysis, to_list
-from .nmf_core import cpu_threads
 
 TRANSFORMS = ("rot90", "rot180", "rot270", "flip_h", "flip_v", "transpose", "antitranspose")
 SHAPE_KEEPING = ("rot180", "flip_h", "flip_v")
@@ -82,10 +81,6 @@ class Symmetry(Analysis):
 
     def applies(self, row: dict) -> bool:
         return row.get("type") == "conv" and list(row.get("kernel") or [1, 1]) != [1, 1]
-
-    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
-        with cpu_threads(1 if ctx.device.type == "cpu" else 0):
-            return self._run(ctx, rows, params)
 
     def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         out = {}

@@ -1,23 +1,14 @@
 """Experiment variants: models trained by the project with one architectural change each.
 
-- :data:`EXPERIMENTS` (recipes.py): ``banding``, ``bnonly``, ``symmetry``, ``branches``, each with its
-  variants and one shared recipe; every experiment also has the implicit variant ``random`` (the
-  untrained initialisation).
-- :data:`DATASETS` (datasets.py): ``fashion-mnist``, ``mnist``, ``cifar10``.
-- architectures (nets.py): ``banding-net`` and ``cifar-resnet``, also registered in
-  ``precompute.architectures``.
-- :func:`train` (training.py): ``convscope train``; writes fp16 safetensors + a JSON record.
-- :func:`variant_specs` (records.py): the trained variants as zoo ModelSpecs (family "variant").
+The package imports nothing on its own (the zoo imports ``records`` beneath the trainer, which imports
+the zoo: an ``__init__`` that gathered them would close that loop). Import the module that holds what
+you need:
+
+- the experiments and their recipes, as data: ``precompute.declarations.experiments`` (``EXPERIMENTS``:
+  ``banding``, ``bnonly``, ``symmetry``, ``branches``; every experiment also has the implicit variant
+  ``random``, the untrained initialisation); their input transforms as torch functions: ``recipes``;
+- ``datasets``: ``fashion-mnist``, ``mnist``, ``cifar10``;
+- ``nets``: the networks ``banding-net`` and ``cifar-resnet`` (registered in ``precompute.architectures``);
+- ``records``: the trained variants on disk as zoo ModelSpecs (family "variant");
+- ``training``: ``convscope train`` (fp16 safetensors + a JSON record), and precomputing what it trained.
 """
-
-from .datasets import DATASETS, DatasetError, load_dataset, load_raw
-from .nets import EXPERIMENT_ARCHS, build_net
-from .recipes import EXPERIMENTS, RANDOM, Experiment, Recipe, Variant, experiment
-from .records import MAX_CHECKPOINT_BYTES, RECORD_KEYS, RecordError, VariantSource, variant_specs
-from .training import TrainingError, precompute_runs, train
-
-__all__ = [
-    "DATASETS", "DatasetError", "load_dataset", "load_raw", "EXPERIMENT_ARCHS", "build_net", "EXPERIMENTS",
-    "RANDOM", "Experiment", "Recipe", "Variant", "experiment", "MAX_CHECKPOINT_BYTES", "RECORD_KEYS",
-    "RecordError", "VariantSource", "variant_specs", "TrainingError", "precompute_runs", "train",
-]

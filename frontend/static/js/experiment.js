@@ -16,17 +16,17 @@
   const HLAYERS = [];
   V.forEach((r) => ((r.history && r.history.layers) || []).forEach((l) => { if (!HLAYERS.includes(l)) HLAYERS.push(l); }));
   const DEFAULTS = { layer: D.default_layer || "", k: String(D.default_k || 8), clayers: (D.cluster_layers || []).join(","),
-    hlayer: HLAYERS.length ? HLAYERS[HLAYERS.length - 1] : "", hgamma: "0.01" };
+    hlayer: HLAYERS.length ? HLAYERS[HLAYERS.length - 1] : "", hgamma: CS.limits.gamma_off };
 
   function read(q) {
     const s = Object.assign({}, DEFAULTS, q);
     if (!D.layers.includes(s.layer)) s.layer = DEFAULTS.layer;
     const k = parseInt(s.k, 10);
-    s.k = String(isNaN(k) ? DEFAULTS.k : Math.max(4, Math.min(19, k)));
+    s.k = String(isNaN(k) ? DEFAULTS.k : Math.max(CS.limits.k_min, Math.min(CS.limits.k_max, k)));
     const cl = String(s.clayers || "").split(",").filter((l) => D.layers.includes(l));
     s.clayers = (cl.length ? cl : DEFAULTS.clayers.split(",").filter(Boolean)).join(",");
     if (!HLAYERS.includes(s.hlayer)) s.hlayer = DEFAULTS.hlayer;
-    if (!["0.01", "0.05", "0.1"].includes(s.hgamma)) s.hgamma = DEFAULTS.hgamma;
+    if (!CS.limits.gamma_thresholds.includes(s.hgamma)) s.hgamma = DEFAULTS.hgamma;
     return { layer: s.layer, k: s.k, clayers: s.clayers, hlayer: s.hlayer, hgamma: s.hgamma };
   }
   let state = read(CS.query());
@@ -210,7 +210,7 @@
     const layers = state.clayers.split(",").filter(Boolean);
     const pairs = [];
     layers.forEach((l) => V.forEach((r) => { if (r.nmf_layers.includes(l)) pairs.push([r.variant, r.model, l]); }));
-    const used = pairs.slice(0, D.max_pairs || 16);
+    const used = pairs.slice(0, D.max_pairs);
     cbox.innerHTML = "";
     clusters = null;
     if (!used.length) { div.innerHTML = `<div class="loading">choose a layer with an NMF result</div>`; return; }

@@ -70,7 +70,7 @@
   }).catch(() => null));
   if (T.gamma) jobs.push(CS.api(CS.urls.model(T.gamma.model)).then((m) => {
     const P = m.profiles.gamma;
-    bars("mini-gamma", P.map((p) => p.values["0.01"] || 0), P.map(() => "#f97316"));
+    bars("mini-gamma", P.map((p) => p.values[CS.limits.gamma_off] || 0), P.map(() => "#f97316"));
   }).catch(() => null));
   if (T.colour) jobs.push(CS.api(CS.urls.result(T.colour.model, T.colour.layer, "svd")).then(({ data }) => {
     const s = sized("mini-colour");

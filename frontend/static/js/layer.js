@@ -248,7 +248,7 @@
     let d;
     try { d = (await CS.api(CS.urls.result(model, bnLayer, "batchnorm"))).data; } catch (e) { CS.showError("plot-batchnorm", e); return; }
     const lines = [];
-    [0.01, 0.05, 0.1].forEach((t) => [t, -t].forEach((v) => lines.push({ type: "line", xref: "x", yref: "paper", x0: v, x1: v, y0: 0, y1: 1, line: { color: "#e11d48", width: 1, dash: "dot" } })));
+    CS.limits.gamma_thresholds.map(Number).forEach((t) => [t, -t].forEach((v) => lines.push({ type: "line", xref: "x", yref: "paper", x0: v, x1: v, y0: 0, y1: 1, line: { color: "#e11d48", width: 1, dash: "dot" } })));
     await CS.plot("plot-batchnorm", [
       { type: "histogram", x: d.gamma, name: "γ", nbinsx: 40, marker: { color: "#4f46e5", line: { color: "#fff", width: 0.5 } }, xaxis: "x", yaxis: "y", hovertemplate: "γ %{x}<br>%{y} channels<extra></extra>" },
       { type: "histogram", x: d.beta, name: "β", nbinsx: 40, marker: { color: "#10b981", line: { color: "#fff", width: 0.5 } }, xaxis: "x2", yaxis: "y2", hovertemplate: "β %{x}<br>%{y} channels<extra></extra>" },
@@ -257,7 +257,7 @@
       xaxis: { domain: [0, 0.47], title: { text: "γ (scale)" } }, yaxis: { title: { text: "channels" } },
       xaxis2: { domain: [0.55, 1], title: { text: "β (shift)" } }, yaxis2: { anchor: "x2" },
       annotations: [{ xref: "paper", yref: "paper", x: 0, y: 1.13, xanchor: "left", showarrow: false, font: { size: 12 },
-        text: `|γ| < 0.01: <b>${(100 * d.frac_below["0.01"]).toFixed(1)} %</b> · < 0.05: <b>${(100 * d.frac_below["0.05"]).toFixed(1)} %</b> · < 0.1: <b>${(100 * d.frac_below["0.1"]).toFixed(1)} %</b>` }],
+        text: CS.limits.gamma_thresholds.map((t, i) => `${i ? "" : "|γ| "}< ${t}: <b>${(100 * d.frac_below[t]).toFixed(1)} %</b>`).join(" · ") }],
     });
     CS.figure("batchnorm", `${model}_${bnLayer}_batchnorm`, {
       png: (t) => CS.plotPNG(el("plot-batchnorm"), t),

@@ -100,7 +100,7 @@
       const labels = P.gamma.map((p) => p.layer);
       const ticks = P.gamma.map((p) => p.follows ? p.follows : p.layer);
       const colors = { "0.01": "#e11d48", "0.05": "#f97316", "0.1": "#eab308" };
-      await CS.plot("plot-gamma", ["0.01", "0.05", "0.1"].map((t) => ({
+      await CS.plot("plot-gamma", CS.limits.gamma_thresholds.map((t) => ({
         type: "scatter", mode: "lines+markers", name: `|γ| < ${t}`, x: labels, y: P.gamma.map((p) => p.values[t]),
         customdata: P.gamma.map((p) => [p.layer, p.follows || "—"]), line: { color: colors[t], width: 2 }, marker: { size: 6 },
         hovertemplate: `<b>%{customdata[0]}</b> (after %{customdata[1]})<br>|γ| < ${t}: %{y:.1%}<extra></extra>`,
@@ -112,8 +112,8 @@
     } else empty("plot-gamma", "no BatchNorm layers");
     CS.figure("gamma", stem("small_gamma"), {
       png: (t) => CS.plotPNG(document.getElementById("plot-gamma"), t),
-      csv: () => [["batchnorm", "follows", "below_0.01", "below_0.05", "below_0.1"]].concat(P.gamma.map((p) => [p.layer, p.follows, p.values["0.01"], p.values["0.05"], p.values["0.1"]])),
-      json: () => ({ model, figure: "small_gamma", thresholds: [0.01, 0.05, 0.1], rows: P.gamma }),
+      csv: () => [["batchnorm", "follows", ...CS.limits.gamma_thresholds.map((t) => `below_${t}`)]].concat(P.gamma.map((p) => [p.layer, p.follows, ...CS.limits.gamma_thresholds.map((t) => p.values[t])])),
+      json: () => ({ model, figure: "small_gamma", thresholds: CS.limits.gamma_thresholds.map(Number), rows: P.gamma }),
     });
 
     if (P.sparsity.length) {

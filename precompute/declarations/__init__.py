@@ -1,0 +1,15 @@
+"""The ground floor: plain declarations that the web server (torch-free) and the workers (torch) both
+import, so that neither side keeps a copy of the other's.
+
+Nothing here imports torch, nor any convscope module above this floor: only the standard library, the
+other floor modules (``precompute.errors``, ``names``, ``registry``, ``redact``, ``settings``) and the
+modules of this package. ``tests/test_imports.py`` checks both.
+
+- :mod:`.architectures`: the architecture names and their native input sizes (the builders, with torch,
+  are in ``precompute/architectures.py`` and must cover exactly these names);
+- :mod:`.experiments`: the experiments and their recipes as data (title, description, paper, variants,
+  measurements, the training recipe);
+- :mod:`.limits`: numbers and lists with one home (clusters' k range and pair count, upload extensions,
+  job kinds, BatchNorm gamma thresholds), served to the pages' JavaScript from the server;
+- :mod:`.specs`: :class:`ModelSpec`, what a model is (its weight source is an object of the sources).
+"""

@@ -1,0 +1,53 @@
+"""Limits and fixed lists with one home each. The server checks requests against them, the workers
+compute with them, and the pages get them in their boot data (:func:`public`), so the JavaScript and
+the templates hold no copies.
+
+Torch-free (the ground floor, see ``precompute/declarations/__init__.py``).
+"""
+
+from __future__ import annotations
+
+#: clusters (/api/clusters, the compare and experiment pages): the cluster counts offered; the weight-
+#: banding article's figure 12 uses 4..19
+CLUSTER_K_MIN, CLUSTER_K_MAX = 4, 19
+#: the cluster count shown when none is asked for
+CLUSTER_K_DEFAULT = 8
+#: /api/clusters takes, and the pages show, at most this many (model, layer) pairs at once
+MAX_CLUSTER_PAIRS = 16
+
+#: file extensions accepted for user checkpoints (uploads and ``convscope add``); safetensors, or a torch
+#: file read with weights_only (no pickled code)
+UPLOAD_EXTENSIONS = (".safetensors", ".pt", ".pth", ".th")
+
+#: what a job does: precompute a model, register and precompute an uploaded checkpoint, train variants
+JOB_KINDS = ("precompute", "upload", "train")
+
+#: BatchNorm |gamma| thresholds below which a channel counts as (nearly) switched off; 0.01 is the
+#: training-BatchNorm-only paper's, as written in the cache's scalar keys (``gamma_below_0.01``)
+GAMMA_THRESHOLDS = ("0.01", "0.05", "0.1")
+#: the threshold of the findings' and experiments' headline "switched off" share
+GAMMA_OFF = GAMMA_THRESHOLDS[0]
+
+
+def int_range_pattern(low: int, high: int) -> str:
+    """A JSON-schema (ECMA) pattern for the integers ``low..high`` written plainly (0 <= low <= high < 100):
+    ``int_range_pattern(4, 19) == "^(?:[4-9]|1[0-9])$"``."""
+    if not 0 <= low <= high < 100:
+        raise ValueError(f"int_range_pattern covers 0..99; got {low}..{high}")
+    parts = []
+    for tens in range(low // 10, high // 10 + 1):
+        first, last = max(low, 10 * tens) % 10, min(high, 10 * tens + 9) % 10
+        digits = str(first) if first == last else f"[{first}-{last}]"
+        parts.append((str(tens) if tens else "") + digits)
+    return "^(?:" + "|".join(parts) + ")$"
+
+
+#: the OpenAPI pattern of the k parameter
+CLUSTER_K_PATTERN = int_range_pattern(CLUSTER_K_MIN, CLUSTER_K_MAX)
+
+
+def public() -> dict:
+    """The limits the pages' JavaScript and templates use (the ``limits`` of every page's boot data)."""
+    return {"k_min": CLUSTER_K_MIN, "k_max": CLUSTER_K_MAX, "k_default": CLUSTER_K_DEFAULT,
+            "max_pairs": MAX_CLUSTER_PAIRS, "gamma_thresholds": list(GAMMA_THRESHOLDS), "gamma_off": GAMMA_OFF,
+            "upload_extensions": list(UPLOAD_EXTENSIONS)}
