@@ -25,8 +25,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-#: version of the computation (the ``clusters`` analysis' version; part of the group cache key)
-VERSION = 1
+from .declarations.analyses import ANALYSES
+
+#: version of the computation (the ``clusters`` analysis' declared version; part of the group cache key)
+VERSION = ANALYSES.get("clusters").version
 N_INIT = 10
 _TINY = 1e-30
 

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from precompute.declarations.analyses import layer_analyses
 from precompute.declarations.limits import CLUSTER_K_DEFAULT, CLUSTER_K_PATTERN, JOB_KINDS, MAX_CLUSTER_PAIRS
 from precompute.names import (ANALYSIS_PATTERN, LAYER_PATTERN, MODEL_PATTERN, InvalidName, check_analysis_name,
                               check_model_name)
@@ -159,7 +160,7 @@ MODEL_P = dict(description=MODEL_DOC, json_schema_extra={"pattern": MODEL_PATTER
 LAYER_P = dict(description=LAYER_DOC, json_schema_extra={"pattern": LAYER_PATTERN, "maxLength": 200})
 NEURON_P = dict(description="neuron index, 0..N-1 (N: the layer's output channels)",
                 json_schema_extra={"pattern": NEURON_PATTERN})
-ANALYSIS_P = dict(description="symmetry, nmf, kernels, svd, histogram, batchnorm or fc-spatial (the model's "
+ANALYSIS_P = dict(description=", ".join(layer_analyses()[:-1]) + f" or {layer_analyses()[-1]} (the model's "
                               "`analyses` say which layers have one)",
                   json_schema_extra={"pattern": ANALYSIS_PATTERN, "maxLength": 40})
 PAIR_RE = f"{MODEL_PATTERN[11:-1]}:{LAYER_PATTERN[11:-1]}"

@@ -537,3 +537,18 @@ def test_every_layer_analysis_runs_under_the_base_class_thread_limit(name, monke
         assert seen == [a.threads or 2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", [n for n, a in ANALYSES.items() if a.scope == "layer"])
+def test_scalar_keys_are_the_declared_ones(name, contexts):
+    """The server reads the model record's scalars by the keys of precompute/declarations/analyses.py."""
+    from precompute.declarations.analyses import ANALYSES as DECLARED
+
+    a = ANALYSES.get(name)
+    keys = set()
+    for ctx in contexts:
+        results, _ = run_all(a, ctx)
+        for res in results.values():
+            keys |= set(a.scalars(res))
+    assert keys <= set(DECLARED.get(name).scalars), (name, sorted(keys))
+    assert bool(keys) == bool(DECLARED.get(name).scalars) or name == "batchnorm", (name, sorted(keys))

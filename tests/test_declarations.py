@@ -114,3 +114,33 @@ def test_the_javascript_holds_no_copy_of_the_limits():
     for name, text in {**js, **html}.items():
         assert not re.search(r"Math\.max\(4, Math\.min\(19|range\(4, 20\)|max_pairs \|\| 16", text), name
         assert not re.search(r'\[\s*"0\.01",\s*"0\.05",\s*"0\.1"\s*\]|\[0\.01, 0\.05, 0\.1\]', text), name
+
+
+def test_every_declared_analysis_is_registered_with_its_declared_version_and_scope():
+    from precompute.analyses import ANALYSES
+    from precompute.declarations import analyses as declared
+
+    assert ANALYSES.names() == declared.ANALYSES.names()
+    for name, a in ANALYSES.items():
+        d = declared.ANALYSES.get(name)
+        assert (a.version, a.scope) == (d.version, d.scope), name
+    import precompute.clustering as clustering
+
+    assert clustering.VERSION == declared.ANALYSES.get("clusters").version
+
+
+def test_an_analysis_without_a_declaration_or_with_its_own_version_is_refused():
+    from precompute.analyses.base import Analysis, register_analysis
+
+    class Tiny(Analysis):
+        name = "tiny"
+
+    with pytest.raises(ValueError, match=r"'tiny' has no declaration; add declare\('tiny', version\)"):
+        register_analysis(Tiny)
+
+    class OwnVersion(Analysis):
+        name = "symmetry"
+        version = 7
+
+    with pytest.raises(ValueError, match="sets its own version or scope"):
+        register_analysis(OwnVersion)

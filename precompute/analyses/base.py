@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from ..declarations import analyses as declared
 from ..registry import Registry
 from .nmf_core import cpu_threads
 
@@ -100,6 +101,16 @@ ANALYSES: Registry[Analysis] = Registry("analysis")
 
 
 def register_analysis(cls: type[Analysis]) -> type[Analysis]:
+    """Decorator: register the analysis of the declared name ``cls.name``; its version and scope are the
+    declaration's (precompute/declarations/analyses.py: what the cache keys and the server read)."""
+    if cls.name not in declared.ANALYSES:
+        raise ValueError(f"analysis {cls.name!r} has no declaration; add declare({cls.name!r}, version) to "
+                         f"precompute/declarations/analyses.py")
+    if "version" in vars(cls) or "scope" in vars(cls):
+        raise ValueError(f"analysis {cls.name!r} sets its own version or scope; they are declared in "
+                         f"precompute/declarations/analyses.py")
+    decl = declared.ANALYSES.get(cls.name)
+    cls.version, cls.scope = decl.version, decl.scope
     ANALYSES.add(cls.name, cls())
     return cls
 

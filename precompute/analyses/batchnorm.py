@@ -24,7 +24,6 @@ class BatchNormParams(BaseModel):
 @register_analysis
 class BatchNorm(Analysis):
     name = "batchnorm"
-    version = 1
     description = "BatchNorm gamma and beta, and the fractions of |gamma| below 0.01, 0.05 and 0.1."
     Params = BatchNormParams
 

@@ -42,8 +42,6 @@ class ClustersParams(BaseModel):
 @register_analysis
 class ClustersAnalysis(Analysis):
     name = "clusters"
-    version = VERSION
-    scope = "group"
     description = ("k-means (k = 4..19) over the normalised NMF images of several (model, layer) pairs of "
                    "one kernel size; per pair the share of neurons in each cluster.")
     Params = ClustersParams

@@ -19,7 +19,6 @@ class FCSpatialParams(BaseModel):
 @register_analysis
 class FCSpatial(Analysis):
     name = "fc-spatial"
-    version = 1
     description = "Mean |w| per input position (y, x) of a fully connected layer that follows a flatten."
     Params = FCSpatialParams
 

@@ -126,7 +126,6 @@ def weight_histogram(w: torch.Tensor, p: HistogramParams) -> dict:
 @register_analysis
 class Histogram(Analysis):
     name = "histogram"
-    version = 1
     description = ("Histograms of the weights (linear and log10|w|, on bin edges shared across layers and "
                    "models), mean, std, excess kurtosis, share near zero, L1 share of the top 10 %.")
     Params = HistogramParams

@@ -37,7 +37,6 @@ def top_kernels(weight: torch.Tensor, top: int, groups: int = 1):
 @register_analysis
 class Kernels(Analysis):
     name = "kernels"
-    version = 1
     description = "Each neuron's strongest input channels (L2 norm of the kernel) with their raw kernels."
     Params = KernelsParams
 

@@ -57,7 +57,6 @@ def nmf_applies(row: dict) -> bool:
 @register_analysis
 class NMF(Analysis):
     name = "nmf"
-    version = 3  # 2: accelerated HALS, tol 5e-5; 3: banding index over the RGB channels, not their sum
     description = ("Rank-3 NMF of each neuron's [W+, W-] (positions x channels); position factors as RGB "
                    "images with colours aligned across the layer; neuron order by similarity; banding index.")
     Params = NMFParams

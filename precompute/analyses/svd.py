@@ -171,7 +171,6 @@ def feeder_properties(fw: torch.Tensor, feeder: dict, row: dict) -> dict[str, li
 @register_analysis
 class SVD(Analysis):
     name = "svd"
-    version = 2  # 2: feeder_properties (every colouring that applies) beside feeder_property
     description = ("SVD (and centred PCA) of |W| summed over kernel positions between a layer and the conv "
                    "that feeds it; coordinates of both layers' neurons on the leading singular vectors.")
     Params = SVDParams

@@ -74,7 +74,6 @@ class SymmetryParams(BaseModel):
 @register_analysis
 class Symmetry(Analysis):
     name = "symmetry"
-    version = 1
     description = ("Symmetry of the layer's mean kernel under the 7 non-identity symmetries of the square "
                    "(D4), S in [0, 1]; strided and unevenly padded layers flagged.")
     Params = SymmetryParams

@@ -5,6 +5,8 @@ Nothing here imports torch, nor any convscope module above this floor: only the 
 other floor modules (``precompute.errors``, ``names``, ``registry``, ``redact``, ``settings``) and the
 modules of this package. ``tests/test_imports.py`` checks both.
 
+- :mod:`.analyses`: the analyses' names, versions (part of every cache key), scopes and scalar keys (their
+  computations, with torch, are ``precompute/analyses/``, registered under exactly these names);
 - :mod:`.architectures`: the architecture names and their native input sizes (the builders, with torch,
   are in ``precompute/architectures.py`` and must cover exactly these names);
 - :mod:`.experiments`: the experiments and their recipes as data (title, description, paper, variants,
