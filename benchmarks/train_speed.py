@@ -37,19 +37,23 @@ def run(code: Path, exp: str, variant: str, limit: int, threads: int, out: Path,
     return subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def measure(code: Path, exp: str, variant: str, limit: int, layout: str, extra: list[str], tmp: Path) -> list[float]:
-    """images/s of each process: ``1x2`` one process with 2 threads, ``2x1`` two processes with 1 thread each."""
+def measure(code: Path, exp: str, variant: str, limit: int, layout: str, extra: list[str],
+            tmp: Path) -> tuple[list[float], list[float]]:
+    """(images/s of each process, test accuracy after each epoch of the first): ``1x2`` one process with 2
+    threads, ``2x1`` two processes with 1 thread each."""
     n, threads = (1, 2) if layout == "1x2" else (2, 1)
     outs = [Path(tempfile.mkdtemp(dir=tmp)) for _ in range(n)]
     procs = [run(code, exp, variant, limit, threads, o, extra) for o in outs]
-    rates = []
+    rates, curve = [], []
     for p, o in zip(procs, outs):
         _, err = p.communicate(timeout=3600)
         if p.returncode != 0:
             raise SystemExit(f"{code}: train failed: {err[-2000:]}")
         rec = json.loads((o / f"{exp}-{variant}.json").read_text())
         rates.append(rec["images_per_s"])
-    return rates
+        if not curve:
+            curve = [row["test_accuracy"] for row in rec["history"] if isinstance(row["epoch"], int) and row["epoch"] > 0]
+    return rates, curve
 
 
 def main(argv=None) -> int:
@@ -77,17 +81,19 @@ def main(argv=None) -> int:
             sides = [(f"before ({args.before})", before, [], "fp32"),
                      (f"{now}, fp32", after, ["--precision", "fp32"], "fp32"),
                      (f"{now}, bf16", after, ["--precision", "bf16"], "bf16")]
-            print(f"{'network':<9} {'code':<22} {'layout':<7} {'images/s per process':>22} {'images/s total':>15}")
+            print(f"{'network':<9} {'code':<22} {'layout':<7} {'images/s per process':>22} {'images/s total':>15}  "
+                  f"test accuracy after epochs 1, 2")
             for net in args.nets:
                 exp, variant = NETS[net]
                 for label, code, extra, prec in sides:
                     for layout in args.layouts:
-                        rates = measure(code, exp, variant, args.limit, layout, extra, tmp)
+                        rates, curve = measure(code, exp, variant, args.limit, layout, extra, tmp)
                         row = {"network": net, "code": label, "precision": prec, "layout": layout,
-                               "per_process": rates, "total": sum(rates)}
+                               "per_process": rates, "total": sum(rates), "test_accuracy": curve}
                         rows.append(row)
                         per = " / ".join(f"{r:,.0f}" for r in rates)
-                        print(f"{net:<9} {label:<22} {layout:<7} {per:>22} {sum(rates):>15,.0f}", flush=True)
+                        acc = ", ".join(f"{a:.2f} %" for a in curve)
+                        print(f"{net:<9} {label:<22} {layout:<7} {per:>22} {sum(rates):>15,.0f}  {acc}", flush=True)
         finally:
             for tree in {before, after} - {REPO}:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)

@@ -294,7 +294,7 @@ def cmd_train(args) -> int:
         records = train(args.experiment, args.variant, dataset=args.dataset, epochs=args.epochs,
                         device=args.device or settings.device, precision=args.precision, seed=args.seed,
                         limit=args.limit, out=args.out, settings=settings, progress=True, download=args.download,
-                        resume=args.resume, restart=args.restart)
+                        resume=args.resume, restart=args.restart, snapshots=args.snapshots)
     except (DatasetError, TrainingError, RecordError, ResumeError, DeviceError) as e:
         raise CLIError(str(e)) from None
     for r in records:
@@ -446,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue unfinished runs from their last complete epoch; skip variants already trained "
                          "with the same options")
     tr.add_argument("--restart", action="store_true", help="discard unfinished runs of these variants and start over")
+    tr.add_argument("--snapshots", action="store_true",
+                    help="also keep the weights after epochs 1, 2, 4, 8, ... as models <variant model>.e<epoch>")
     tr.add_argument("--estimate", action="store_true",
                     help="time a short burst and print the expected wall time of the run on this machine")
     tr.add_argument("--list-runs", action="store_true", help="list unfinished runs, with how to resume or discard them")

@@ -904,7 +904,22 @@ def model_summary(rec: dict) -> dict:
         "weights_sha256": rec.get("weights_sha256"), "errors": len(public_errors(rec)),
         "symmetry_profile": [round(p["value"], 4) for p in prof["symmetry"]],
         "mean_symmetry": (sum(p["value"] for p in prof["symmetry"]) / len(prof["symmetry"])) if prof["symmetry"] else None,
+        **_training_summary(spec),
     }
+
+
+def _training_summary(spec: dict) -> dict:
+    """For a trained variant (family ``variant``): how it was trained and whether it reached its accuracy
+    plateau (the run record's ``plateau``), so that every page that shows it can say so; {} for other models."""
+    extra = spec.get("extra") if isinstance(spec.get("extra"), dict) else {}
+    if spec.get("family") != "variant" or not extra:
+        return {}
+    plateau = extra.get("plateau") if isinstance(extra.get("plateau"), dict) else None
+    snap = extra.get("snapshot") if isinstance(extra.get("snapshot"), dict) else None
+    return {"training": {"experiment": extra.get("experiment"), "variant": extra.get("variant"),
+                         "epochs": extra.get("epochs"), "seed": extra.get("seed"), "plateau": plateau,
+                         "snapshot": snap,
+                         "at_plateau": bool(plateau and plateau.get("reached") is True) or extra.get("epochs") == 0}}
 
 
 def _finite(v) -> Optional[float]:

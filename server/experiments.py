@@ -29,6 +29,7 @@ from precompute.declarations.limits import MAX_CLUSTER_PAIRS as MAX_PAIRS
 from precompute.names import is_model_name
 
 from .data import Explorer, ExplorerError, NotFound, _finite, profiles, unknown
+from .verdicts import experiment_verdicts
 
 
 
@@ -43,9 +44,15 @@ def _extra(rec: dict) -> dict:
     return extra if isinstance(extra, dict) else {}
 
 
-def variant_records(ex: Explorer) -> dict[str, dict[str, dict]]:
-    """experiment -> {variant: model record} over the precomputed models of family ``variant``."""
+def variant_records(ex: Explorer, seeds: Optional[dict] = None,
+                    snapshots: Optional[dict] = None) -> dict[str, dict[str, dict]]:
+    """experiment -> {variant: model record} over the precomputed models of family ``variant``: the seed-0 run
+    of each variant (or its lowest seed). Runs of the other seeds (``<experiment>-<variant>-seed<S>``) go into
+    ``seeds`` when given: {experiment: {variant: [records, by seed]}}. Weight snapshots taken during a run
+    (``<model>.e<epoch>``, ``convscope train --snapshots``) are models of their own, not variants: they go
+    into ``snapshots`` when given: {model: [{model, epoch}, by epoch]}."""
     out: dict[str, dict[str, dict]] = {}
+    by_seed: dict[tuple[str, str], list[tuple[int, dict]]] = {}
     for name in ex.model_names():
         try:
             rec = ex.record(name)
@@ -58,7 +65,18 @@ def variant_records(ex: Explorer) -> dict[str, dict[str, dict]]:
             continue
         if not is_model_name(exp):
             continue
-        out.setdefault(exp, {})[var] = rec
+        snap = extra.get("snapshot")
+        if isinstance(snap, dict):
+            if snapshots is not None and isinstance(snap.get("of"), str):
+                snapshots.setdefault(snap["of"], []).append({"model": name, "epoch": snap.get("epoch")})
+            continue
+        seed = extra.get("seed") if isinstance(extra.get("seed"), int) else 0
+        by_seed.setdefault((exp, var), []).append((seed, rec))
+    for (exp, var), runs in by_seed.items():
+        runs.sort(key=lambda sr: (sr[0], sr[1].get("name", "")))
+        out.setdefault(exp, {})[var] = runs[0][1]
+        if seeds is not None and len(runs) > 1:
+            seeds.setdefault(exp, {})[var] = [r for _, r in runs[1:]]
     return out
 
 
@@ -198,6 +216,8 @@ def list_experiments(ex: Explorer) -> dict:
         accs = {v: _finite(_extra(found[name][v]).get("final_test_accuracy")) for v in variants}
         rows.append({**_info(name), "variants": variants, "models": [found[name][v].get("name") for v in variants],
                      "accuracy": accs,
+                     "not_at_plateau": [v for v in variants if v != RANDOM and
+                                        ((_extra(found[name][v]).get("plateau") or {}).get("reached") is not True)],
                      "missing": [v for v in declared_variants(name) if v not in found[name]]})
     untrained = [{**_info(n), "command": _command(n)} for n in EXPERIMENTS if n not in found]
     return {"experiments": rows, "count": len(rows), "untrained": untrained}
@@ -212,7 +232,9 @@ def experiment_detail(ex: Explorer, experiment: str) -> dict:
     ``random``), the NMF layers all variants share (for the neuron grids; default the last), the default
     layers of the cluster figure (the last two shared ones) and how the runs were made.
     404 (with the known experiments) for an experiment without a precomputed variant."""
-    found = variant_records(ex)
+    seeds: dict = {}
+    snaps: dict = {}
+    found = variant_records(ex, seeds, snaps)
     known = [n for n in EXPERIMENTS if n in found] + sorted(n for n in found if n not in EXPERIMENTS)
     if experiment not in found:
         msg = unknown("experiment", experiment, known)
@@ -222,7 +244,12 @@ def experiment_detail(ex: Explorer, experiment: str) -> dict:
         raise NotFound(msg, known=known)
     recs = found[experiment]
     variants = _ordered(experiment, recs)
-    rows = [variant_row(experiment, v, recs[v]) for v in variants]
+    rows = []
+    for v in variants:
+        row = variant_row(experiment, v, recs[v])
+        row["seeds"] = [_seed_row(experiment, v, r) for r in seeds.get(experiment, {}).get(v, [])]
+        row["snapshots"] = sorted(snaps.get(row["model"], []), key=lambda s: (s["epoch"] or 0, s["model"]))
+        rows.append(row)
     shared = [l for l in rows[0]["nmf_layers"] if all(l in r["nmf_layers"] for r in rows[1:])]
     # how the trained variants were made (random has epochs = 0 by design)
     scales = sorted({(r["dataset"], r["epochs"], r["limit"], r["seed"]) for r in rows if r["variant"] != RANDOM},
@@ -239,4 +266,14 @@ def experiment_detail(ex: Explorer, experiment: str) -> dict:
         "runs": [{"dataset": d, "epochs": e, "limit": l, "seed": s} for d, e, l, s in scales],
         "mixed_runs": len(scales) > 1,
         "train_command": _command(experiment),
+        "verdicts": experiment_verdicts(experiment, rows),
+        "not_at_plateau": [run["model"] for row in rows for run in [row] + row["seeds"]
+                           if run["variant"] != RANDOM and (run.get("plateau") or {}).get("reached") is not True],
     }
+
+
+def _seed_row(experiment: str, variant: str, rec: dict) -> dict:
+    """A run of another seed: the variant's headline numbers, without the per-layer profiles' bulk."""
+    row = variant_row(experiment, variant, rec)
+    row.pop("history", None)
+    return row

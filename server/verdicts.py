@@ -112,8 +112,9 @@ def banding(rows: Rows) -> list[dict]:
     base, rot, nogap, xpool, rand = (rows.get(v) for v in ("baseline", "rot90", "nogap", "xpool", "random"))
     floor = max((abs(p["value"]) for p in ((rand or {}).get("profiles") or {}).get("banding", [])), default=0.0)
     t = max(BAND, BAND_OVER_RANDOM * floor)
-    thr = (f"|banding index| >= {t:.3f}: the larger of {BAND} and {BAND_OVER_RANDOM:g}x the untrained net's largest "
-           f"|index| ({floor:.3f}); with several seeds every seed must pass")
+    floor_text = (f"{BAND_OVER_RANDOM:g}x the untrained net's largest |index| ({floor:.3f})" if rand is not None
+                  else f"{BAND_OVER_RANDOM:g}x the untrained net's largest |index| (no untrained run here)")
+    thr = f"|banding index| >= {t:.3f}: the larger of {BAND} and {floor_text}; with several seeds every seed must pass"
     last = _layer(base or rot, -1)
     before = _layer(base or rot, -2)
     out = []

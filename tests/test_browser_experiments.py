@@ -228,3 +228,36 @@ def test_training_history_charts_from_the_real_runs(page, exp_runs):
     assert lines[0].startswith("variant,model,epoch,test_accuracy,train_loss,dead_relu,gamma_below_0.1,"
                                "banding_features.conv2")
     assert len(lines) == 1 + sum(len(exp_runs[exp][v]["history"]) for v in TRAINED[exp])
+
+
+def test_grids_share_one_colour_alignment(page):
+    """Each variant's grid permutes its three NMF factors to match the first variant's energy-weighted mean
+    factor images; the permutation the page chose is the best one computed here independently."""
+    import itertools
+
+    import numpy as np
+
+    exp = "banding"
+    api = page.request.get(f"/api/experiments/{exp}").json()
+    page.goto(f"/experiments/{exp}")
+    ready(page, 60000)
+    _grids_drawn(page, len(TRAINED[exp]))
+    layer = api["default_layer"]
+
+    def mean_factors(model):
+        d = page.request.get(f"/api/models/{model}/layers/{layer}/nmf").json()["data"]
+        imgs, e = np.asarray(d["images"], dtype=float), np.asarray(d["energy"], dtype=float)
+        return np.einsum("n,nhwc->chw", e, imgs).reshape(3, -1)
+
+    def cos(a, b):
+        return float(a @ b / np.sqrt((a @ a) * (b @ b))) if (a @ a) and (b @ b) else 0.0
+
+    ref = mean_factors(api["variants"][0]["model"])
+    grids = page.locator("#exp-grids .exp-grid")
+    assert grids.nth(0).get_attribute("data-permutation") == "0,1,2"
+    for i, v in enumerate(api["variants"][1:], start=1):
+        m = mean_factors(v["model"])
+        scores = {p: sum(cos(ref[c], m[p[c]]) for c in range(3)) for p in itertools.permutations(range(3))}
+        best = max(scores.values())
+        chosen = tuple(int(x) for x in grids.nth(i).get_attribute("data-permutation").split(","))
+        assert scores[chosen] == pytest.approx(best, abs=1e-9), (v["variant"], chosen, scores)

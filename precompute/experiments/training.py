@@ -198,7 +198,7 @@ def train(experiment: str, variants: Optional[Sequence[str]] = None, *, dataset:
           epochs: Optional[int] = None, device: str = "auto", precision: Optional[str] = None, seed: int = 0,
           limit: Optional[int] = None, out: Optional[Union[str, Path]] = None, settings: Optional[Settings] = None,
           progress: Progress = True, download: bool = False, resume: bool = False,
-          restart: bool = False) -> list[dict]:
+          restart: bool = False, snapshots: bool = False) -> list[dict]:
     """Train the variants of ``experiment`` (default: all its declared variants; ``random`` saves the
     initialisation untrained) and write ``<out>/<experiment>-<variant>.safetensors`` + ``.json`` for
     each (default out: ``<data_dir>/variants``). Returns the records, with ``checkpoint_path`` and
@@ -208,6 +208,8 @@ def train(experiment: str, variants: Optional[Sequence[str]] = None, *, dataset:
     and skip a variant whose finished record in ``out`` has the same config. Without ``resume`` an
     existing resume state is an error (hours of training are not thrown away by a forgotten flag) unless
     ``restart`` discards it. ``precision``: auto | fp32 | bf16 (default: ``settings.train_precision``).
+    ``snapshots``: also keep the float16 weights after epochs 1, 2, 4, 8, ... as models of their own,
+    ``<model>.e<epoch>`` (see :func:`snapshot_epochs`), which the explorer opens like any other.
     ``progress``: True for a tqdm bar per epoch (loss, accuracy, images/s) on stderr, False for none, or
     a callable ``(fraction done, message)`` (the job queue's reporter).
     """
@@ -249,7 +251,8 @@ def train(experiment: str, variants: Optional[Sequence[str]] = None, *, dataset:
                 continue
             run = _Run(exp, cfg, info, (xtr, ytr), (xte, yte), dev)
             rec = run.train(states.get(cfg.variant), resume_path(out_dir, run.name),
-                            cfg.command(out if out is not None else None), bar=progress is True, report=report)
+                            cfg.command(out if out is not None else None), bar=progress is True, report=report,
+                            snapshot_dir=out_dir if snapshots else None)
             ckpt, jpath = write_run(out_dir, rec["model"], rec.pop("_state"), rec)
             resume_path(out_dir, run.name).unlink(missing_ok=True)  # finished: the state is not needed
             rec = dict(rec, checkpoint_path=str(ckpt), record_path=str(jpath))
@@ -405,7 +408,8 @@ class _Run:
             {"from_epoch": self.epoch, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
 
     # ---- the run ------------------------------------------------------------------------------------------
-    def train(self, state: Optional[dict], state_path: Path, command: str, bar: bool, report: Reporter) -> dict:
+    def train(self, state: Optional[dict], state_path: Path, command: str, bar: bool, report: Reporter,
+              snapshot_dir: Optional[Path] = None) -> dict:
         t_start = time.time()
         epochs = self.cfg.epochs
         if state is not None:
@@ -417,6 +421,9 @@ class _Run:
         while self.epoch < epochs:
             row = self._epoch(bar, report, t_start)
             if self.epoch < epochs:
+                # the snapshot before the state: killed in between, the epoch is redone and the same file rewritten
+                if snapshot_dir is not None and self.epoch in snapshot_epochs(epochs):
+                    self._snapshot(snapshot_dir, row, command, t_start)
                 save_state(state_path, self.state(command))
             else:
                 final = self.final_pass()
@@ -433,6 +440,15 @@ class _Run:
                                 if "dead_relu" in final[1] else {}),
                              "metrics": weight_metrics(self.model)}]
         return self._record(final, command, t_start)
+
+    def _snapshot(self, out_dir: Path, row: dict, command: str, t_start: float) -> None:
+        """Write the current weights (float16) as the model ``<name>.e<epoch>``, with a record whose history
+        ends at this epoch; its test accuracy is the history point's (measured on the float32 weights)."""
+        rec = self._record((fp16_state(self.model), {}, row["test_accuracy"]), command, t_start)
+        name = f"{self.name}.e{self.epoch}"
+        rec.update(model=name, snapshot={"of": self.name, "epoch": self.epoch, "epochs": self.cfg.epochs},
+                   description=f"{rec['description']} (snapshot after epoch {self.epoch} of {self.cfg.epochs})")
+        write_run(out_dir, name, rec.pop("_state"), rec)
 
     def _epoch(self, bar: bool, report: Reporter, t_start: float) -> dict:
         """Train one epoch (recording the first epoch's inner points); its end-of-epoch history row."""
@@ -561,6 +577,16 @@ def plateau(history: Sequence[dict]) -> dict:
     span = max(last) - min(last)
     return {"reached": span <= PLATEAU_POINTS, "span": round(span, 4), "epochs": PLATEAU_EPOCHS,
             "threshold": PLATEAU_POINTS}
+
+
+def snapshot_epochs(epochs: int) -> list[int]:
+    """Log-spaced epochs at which ``--snapshots`` keeps the weights: 1, 2, 4, 8, ... before the last epoch
+    (the last one is the run itself)."""
+    out, e = [], 1
+    while e < epochs:
+        out.append(e)
+        e *= 2
+    return out
 
 
 def _duration(seconds: float) -> str:

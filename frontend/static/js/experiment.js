@@ -76,6 +76,37 @@
   });
 
   // ---- neuron grids ------------------------------------------------------------------------------
+  /* One colour alignment for all variants: the NMF colours are aligned within a layer only (which factor is
+   * red is arbitrary per model), so each variant's three factors are permuted, one permutation per variant,
+   * to best match the first variant's energy-weighted mean factor images (cosine similarity summed over the
+   * three colours, best of the 6 permutations). Equal colours then mean matching factors across the grids. */
+  const PERMS = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+  function meanFactors(n) {
+    const m = [[], [], []];
+    n.images.forEach((img, j) => {
+      const e = n.energy ? n.energy[j] : 1;
+      let p = 0;
+      img.forEach((row) => row.forEach((px) => { for (let c = 0; c < 3; c++) m[c][p] = (m[c][p] || 0) + e * (px[c] || 0); p++; }));
+    });
+    return m;
+  }
+  function cosine(a, b) {
+    let ab = 0, aa = 0, bb = 0;
+    a.forEach((x, i) => { ab += x * b[i]; aa += x * x; bb += b[i] * b[i]; });
+    return aa && bb ? ab / Math.sqrt(aa * bb) : 0;
+  }
+  function alignAcross(list) {
+    const ok = list.filter((n) => !n.failed && n.images && n.images.length && (n.rank || 3) === 3);
+    if (!ok.length) return;
+    const ref = meanFactors(ok[0]);
+    ok.forEach((n, k) => {
+      const m = meanFactors(n);
+      let best = PERMS[0], score = -Infinity;
+      if (k > 0) PERMS.forEach((p) => { const sc = p.reduce((a, src, c) => a + cosine(ref[c], m[src]), 0); if (sc > score + 1e-12) { score = sc; best = p; } });
+      n.permutation = best;  // colour c of the grid shows this variant's factor best[c]
+      if (best !== PERMS[0]) n.images = n.images.map((img) => img.map((row) => row.map((px) => best.map((src) => px[src]))));
+    });
+  }
   let nmfs = [];
   async function renderGrids() {
     const box = el("exp-grids");
@@ -86,6 +117,7 @@
       try { return (await CS.api(CS.urls.result(r.model, layer, "nmf"))).data; } catch (e) { return { failed: e.message }; }
     }));
     if (layer !== state.layer) return;
+    alignAcross(nmfs);
     box.innerHTML = "";
     const drawn = [];
     V.forEach((r, i) => {
@@ -93,6 +125,7 @@
       const wrap = document.createElement("div");
       wrap.className = "compare-grid exp-grid";
       wrap.dataset.variant = r.variant;
+      if (n.permutation) wrap.dataset.permutation = n.permutation.join(",");
       const acc = r.accuracy === null ? "" : ` · ${CS.fmt(r.accuracy, 1)} %`;
       wrap.innerHTML = `<h4><span class="swatch" style="background:${colour(i)}"></span><a href="${CS.urls.layerPage(r.model, layer)}">${CS.escapeHTML(r.variant)}</a>` +
         ` <span class="muted">${n.failed ? "" : `(${n.order.length} neurons, banding ${CS.fmt(n.banding_index, 2)}${acc})`}</span></h4>` +
@@ -112,7 +145,8 @@
         title: `${r.variant} · ${layer}`, subtitle: `${r.model}: ${n.order.length} neurons, banding index ${CS.fmt(n.banding_index, 3)}`,
         images: n.images, order: n.order })), { title: `${D.title}: neuron grids of ${layer}` }),
       csv: () => [["variant", "model", "layer", "position", "neuron", "error"]].concat(V.flatMap((r, i) => (nmfs[i].order || []).map((j, q) => [r.variant, r.model, layer, q, j, (nmfs[i].error || [])[j]]))),
-      json: () => ({ experiment: D.name, layer, variants: V.map((r, i) => ({ variant: r.variant, model: r.model, order: nmfs[i].order, banding_index: nmfs[i].banding_index, images: nmfs[i].images })) }),
+      json: () => ({ experiment: D.name, layer, colour_alignment: "per variant, one permutation of the 3 factors matching the first variant's energy-weighted mean factor images",
+        variants: V.map((r, i) => ({ variant: r.variant, model: r.model, permutation: nmfs[i].permutation, order: nmfs[i].order, banding_index: nmfs[i].banding_index, images: nmfs[i].images })) }),
     });
   }
 
@@ -156,7 +190,10 @@
     const box = el("history-charts");
     if (!hv.length) { box.innerHTML = `<div class="loading">no run here recorded a training history</div>`; return; }
     const shown = HCHARTS.filter((c) => hv.some(([r]) => (c.get(r.history) || []).some((v) => v !== null && v !== undefined)));
-    if (!box.querySelector("[data-chart]")) box.innerHTML = "";
+    if (!box.querySelector("[data-chart]")) {
+      // one key for every chart (a Plotly legend per chart would crowd the small multiples)
+      box.innerHTML = `<div class="history-legend">${hv.map(([r, i]) => `<span><span class="swatch" style="background:${colour(i)}"></span>${CS.escapeHTML(r.variant)}${plateauTag(r)}</span>`).join("")}</div>`;
+    }
     CS.$$("[data-chart]", box).forEach((d) => { if (!shown.some((c) => c.id === d.dataset.chart)) d.remove(); });
     for (const c of shown) {
       let div = box.querySelector(`[data-chart="${c.id}"]`);
@@ -167,8 +204,7 @@
         hovertemplate: `${CS.escapeHTML(r.variant)} · epoch %{x}<br>%{y${c.pct ? ":.1%" : ":.4g"}}<extra></extra>` }));
       const title = typeof c.title === "function" ? c.title() : c.title;
       await CS.plot(div, traces, { height: 260, title: { text: CS.escapeHTML(title), font: { size: 13 }, x: 0.02, xanchor: "left" },
-        margin: { t: 34, r: 10, b: 40, l: 52 }, showlegend: c.id === "acc",
-        legend: { orientation: "h", y: -0.28, font: { size: 11 } },
+        margin: { t: 34, r: 10, b: 40, l: 52 }, showlegend: false,
         xaxis: { title: { text: "epochs of training" }, rangemode: "tozero" },
         yaxis: Object.assign({ automargin: true }, c.range ? { range: c.range } : {}, c.pct ? { tickformat: ".0%", rangemode: "tozero" } : {},
           c.log ? { type: "log" } : {}) });
@@ -180,16 +216,17 @@
         at((h.banding || {})[state.hlayer]), at((h.symmetry || {})[state.hlayer])];
     })));
     CS.figure("history", stem("training_history"), {
-      png: () => chartsPNG(CS.$$("[data-chart]", box), `${D.title}: during training (layer ${state.hlayer})`),
+      png: () => chartsPNG(CS.$$("[data-chart]", box), `${D.title}: during training (layer ${state.hlayer})`,
+        hv.map(([r, i]) => ({ name: r.variant + plateauTag(r), colour: colour(i) }))),
       csv: rows,
       json: () => ({ experiment: D.name, variants: hv.map(([r]) => ({ variant: r.variant, model: r.model, plateau: r.plateau, resumed: r.resumed, history: r.history })) }),
     });
   }
-  /** Several Plotly charts as one PNG: two columns, each chart at 900 px wide, a title on top. */
-  async function chartsPNG(divs, title) {
+  /** Several Plotly charts as one PNG: two columns, each chart at 900 px wide, a title and the key on top. */
+  async function chartsPNG(divs, title, key) {
     const urls = await Promise.all(divs.map((d) => CS.plotPNG(d)));
     const imgs = await Promise.all(urls.map((u) => new Promise((ok) => { const im = new Image(); im.onload = () => ok(im); im.src = u; })));
-    const cols = 2, w = Math.max(...imgs.map((i) => i.width)), h = Math.max(...imgs.map((i) => i.height)), head = 90;
+    const cols = 2, w = Math.max(...imgs.map((i) => i.width)), h = Math.max(...imgs.map((i) => i.height)), head = 150;
     const out = document.createElement("canvas");
     out.width = cols * w;
     out.height = head + Math.ceil(imgs.length / cols) * h;
@@ -199,6 +236,15 @@
     ctx.fillStyle = "#101828";
     ctx.font = "600 40px system-ui, sans-serif";
     ctx.fillText(title, 40, 60);
+    ctx.font = "28px system-ui, sans-serif";
+    let x = 40;
+    (key || []).forEach((k) => {
+      ctx.fillStyle = k.colour;
+      ctx.fillRect(x, 100, 26, 26);
+      ctx.fillStyle = "#344054";
+      ctx.fillText(k.name, x + 36, 123);
+      x += 36 + ctx.measureText(k.name).width + 40;
+    });
     imgs.forEach((im, k) => ctx.drawImage(im, (k % cols) * w, head + Math.floor(k / cols) * h));
     return out.toDataURL("image/png");
   }
