@@ -15,6 +15,7 @@ pytest_plugins = ["experiment_fixtures"]
 pytest.register_assert_rewrite("experiment_fixtures")
 
 from experiment_fixtures import REPO, TRAINED, needs_fashion  # noqa: E402
+from precompute.redact import redact  # noqa: E402
 
 pytestmark = [pytest.mark.slow, needs_fashion]
 
@@ -71,7 +72,9 @@ def test_experiment_detail(exp_client, exp_runs, exp_settings, exp):
         rec = cache.get_model(r["model"])
         assert r["model"] == f"{exp}-{r['variant']}" and r["url"] == f"/models/{r['model']}"
         assert r["accuracy"] == run["final_test_accuracy"] and r["reference"] is True
-        assert r["epochs"] == run["epochs"] and r["limit"] == 256 and r["command"] == run["command"]
+        # the command as a client sees it: the server's paths in it cut to their last component
+        assert r["epochs"] == run["epochs"] and r["limit"] == 256 and r["command"] == redact(run["command"])
+        assert "--out reference" in r["command"] and str(exp_settings.reference_dir) not in r["command"]
         # banding index of the last two conv layers with an NMF result, as in the model's scalars
         nmf_layers = [x["name"] for x in sorted(rec["inventory"], key=lambda x: x["index"])
                       if x["name"] in rec["analyses"]["nmf"]["layers"]]

@@ -287,17 +287,18 @@ def test_cli_train_to_reference_then_zoo_list(tmp_path):
     done = _cli(["train", "banding", "--variant", "xpool", "--epochs", "1", "--limit", str(LIMIT),
                  "--device", "cpu", "--seed", "3", "--out", str(tmp_path / "reference")], env)
     assert done.returncode == 0, done.stderr
-    assert "banding-xpool 1/1" in done.stderr and "100%" in done.stderr and "img_s=" in done.stderr
-    assert "banding-xpool: test accuracy" in done.stdout
-    rec = json.loads((tmp_path / "reference" / "banding-xpool.json").read_text())
+    assert "banding-xpool-seed3 1/1" in done.stderr and "100%" in done.stderr and "img_s=" in done.stderr
+    assert "banding-xpool-seed3: test accuracy" in done.stdout  # a seed other than 0 names the run
+    rec = json.loads((tmp_path / "reference" / "banding-xpool-seed3.json").read_text())
     assert rec["seed"] == 3 and rec["argv"][1:4] == ["train", "banding", "--variant"]
     assert rec["command"].endswith(f"--out {tmp_path / 'reference'}")
     listed = _cli(["zoo", "list", "--json"], env)
     assert listed.returncode == 0, listed.stderr
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
-    assert rows["banding-xpool"]["family"] == "variant" and rows["banding-xpool"]["status"] == "ready"
+    row = rows["banding-xpool-seed3"]
+    assert row["family"] == "variant" and row["status"] == "ready"
     # precomputed like any model, by `convscope train` itself
-    assert "banding-xpool: done" in done.stdout and rows["banding-xpool"]["precomputed"]
+    assert "banding-xpool-seed3: done" in done.stdout and row["precomputed"]
 
 
 def test_train_job_through_the_queue(tmp_path, monkeypatch):
