@@ -918,3 +918,35 @@ def test_phone_width_has_no_horizontal_scroll(browser, live_server, srv_records)
         pg.watch.check()
     finally:
         ctx.close()
+
+
+def test_colour_bars_cover_no_chart(browser, live_server, srv_records):
+    """The colour bars of the SVD scatter and of fc-spatial sit beside the panels, at desktop and phone width:
+    no colour bar (with its ticks and title) overlaps the plotting area of any subplot."""
+    cases = [("svd", first_with(srv_records, "svd", lambda r: r["type"] == "conv"))]
+    fc = first_with(srv_records, "fc-spatial")
+    if fc:
+        cases.append(("fcspatial", fc))
+    js = """div => {
+      const box = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+      return { bars: [...div.querySelectorAll('g.colorbar')].map(box),
+               plots: [...div.querySelectorAll('.nsewdrag[data-subplot]')].map((e) => [e.dataset.subplot].concat(box(e))) };
+    }"""
+    for width, height in ((1440, 900), (390, 844)):
+        ctx = browser.new_context(viewport={"width": width, "height": height}, base_url=live_server)
+        pg = ctx.new_page()
+        try:
+            for fig, (model, layer) in cases:
+                pg.goto(f"/models/{model}/layers/{layer}")
+                ready(pg, 60000)
+                pg.wait_for_selector(f"#plot-{fig}[data-rendered='1']")
+                geo = pg.eval_on_selector(f"#plot-{fig}", js)
+                assert geo["bars"] and len(geo["plots"]) >= 2, geo
+                for bl, bt, br, bb in geo["bars"]:
+                    for sub, pl, pt, pr, pb in geo["plots"]:
+                        overlap = max(0, min(br, pr) - max(bl, pl)) * max(0, min(bb, pb) - max(bt, pt))
+                        assert overlap == 0, (fig, width, sub, (bl, bt, br, bb), (pl, pt, pr, pb))
+                safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{fig}-{width}")
+                pg.locator(f"#fig-{fig}").screenshot(path=str(SHOTS / f"colourbar-{safe}.png"))
+        finally:
+            ctx.close()

@@ -270,15 +270,25 @@
     if (!has("fc-spatial")) return;
     let d;
     try { d = (await CS.api(CS.urls.result(model, layer, "fc-spatial"))).data; } catch (e) { CS.showError("plot-fcspatial", e); return; }
+    // wide: map | by y | by x side by side, the colour bar in its own gap; narrow (a phone): the map on top,
+    // the two profiles below it, the colour bar to the map's right (nothing overlaps at either width)
+    const narrow = el("plot-fcspatial").clientWidth < 600;
+    const lay = narrow ? {
+      height: 560, xaxis: { domain: [0, 0.84], title: { text: "x" } }, yaxis: { domain: [0.5, 1], autorange: "reversed", title: { text: "y" } },
+      xaxis2: { domain: [0, 0.42], anchor: "y2", title: { text: "mean |w| by y" } }, yaxis2: { domain: [0, 0.34], anchor: "x2", autorange: "reversed", title: { text: "y" } },
+      xaxis3: { domain: [0.58, 1], anchor: "y3", title: { text: "x (mean |w| by x)" } }, yaxis3: { domain: [0, 0.34], anchor: "x3" },
+    } : {
+      height: 320, xaxis: { domain: [0, 0.4], title: { text: "x" } }, yaxis: { autorange: "reversed", title: { text: "y" } },
+      xaxis2: { domain: [0.56, 0.74], title: { text: "mean |w| by y" } }, yaxis2: { anchor: "x2", autorange: "reversed" },
+      xaxis3: { domain: [0.84, 1], title: { text: "x (mean |w| by x)" } }, yaxis3: { anchor: "x3" },
+    };
+    const bar = narrow ? { thickness: 10, x: 0.88, y: 0.75, len: 0.5 } : { thickness: 10, x: 0.42, len: 0.9 };
     await CS.plot("plot-fcspatial", [
-      { type: "heatmap", z: d.map, colorscale: "Viridis", xaxis: "x", yaxis: "y", colorbar: { thickness: 10, x: 0.5, len: 0.9 }, hovertemplate: "y %{y}, x %{x}<br>mean |w| %{z:.4g}<extra></extra>" },
+      { type: "heatmap", z: d.map, colorscale: "Viridis", xaxis: "x", yaxis: "y", colorbar: bar, hovertemplate: "y %{y}, x %{x}<br>mean |w| %{z:.4g}<extra></extra>" },
       { type: "scatter", mode: "lines+markers", x: d.by_y, y: d.by_y.map((_, i) => i), xaxis: "x2", yaxis: "y2", name: "by y", line: { color: "#4f46e5" } },
       { type: "scatter", mode: "lines+markers", x: d.by_x.map((_, i) => i), y: d.by_x, xaxis: "x3", yaxis: "y3", name: "by x", line: { color: "#f97316" } },
     ], {
-      height: 320, showlegend: false, margin: { l: 40, r: 10, t: 26, b: 44 },
-      xaxis: { domain: [0, 0.45], title: { text: "x" } }, yaxis: { autorange: "reversed", title: { text: "y" } },
-      xaxis2: { domain: [0.58, 0.76], title: { text: "mean |w| by y" } }, yaxis2: { anchor: "x2", autorange: "reversed" },
-      xaxis3: { domain: [0.82, 1], title: { text: "x" } }, yaxis3: { anchor: "x3", title: { text: "by x" } },
+      ...lay, showlegend: false, margin: { l: 40, r: 10, t: 26, b: 44 },
       annotations: [{ xref: "paper", yref: "paper", x: 0, y: 1.1, xanchor: "left", showarrow: false, text: `input reshaped to C×H×W = ${d.shape.join("×")}` }],
     });
     CS.figure("fcspatial", stem("fc_spatial"), {
@@ -342,20 +352,30 @@
     const pca = state.svd === "pca" && svd.pca;
     const U = pca ? svd.pca.u : svd.u, V = pca ? svd.pca.v : svd.v;
     const tag = pca ? "PC" : "singular vector ";
+    // wide: feeder | this layer side by side, the colour bar between them; narrow (a phone): one above the
+    // other, the colour bar at the right of the feeder's panel, so it covers no point
+    const narrowSvd = el("plot-svd").clientWidth < 600;
+    const svdBar = narrowSvd ? { title: { text: prop.name, side: "right" }, thickness: 10, x: 1.0, y: 0.79, len: 0.42 }
+      : { title: { text: prop.name, side: "right" }, thickness: 10, x: 0.46, len: 0.9 };
+    const svdAxes = narrowSvd ? {
+      height: 640, xaxis: { domain: [0, 0.86], anchor: "y", title: { text: `${tag}${cx}` } }, yaxis: { domain: [0.58, 1], title: { text: `${tag}${cy}` } },
+      xaxis2: { domain: [0, 0.86], anchor: "y2", title: { text: `${tag}${cx}` } }, yaxis2: { domain: [0, 0.4], anchor: "x2", title: { text: `${tag}${cy}` } },
+    } : {
+      height: 420, xaxis: { domain: [0, 0.42], title: { text: `${tag}${cx}` } }, yaxis: { title: { text: `${tag}${cy}` } },
+      xaxis2: { domain: [0.56, 1], title: { text: `${tag}${cx}` } }, yaxis2: { anchor: "x2", title: { text: `${tag}${cy}` } },
+    };
     await CS.plot("plot-svd", [
       { type: "scatter", mode: "markers", x: V.map((r) => r[cx]), y: V.map((r) => r[cy]), customdata: V.map((_, i) => i), xaxis: "x", yaxis: "y",
-        marker: { size: 8, color: prop.values, colorscale: "Viridis", showscale: true, colorbar: { title: { text: prop.name, side: "right" }, thickness: 10, x: 0.46, len: 0.9 }, line: { color: "#fff", width: 0.5 } },
+        marker: { size: 8, color: prop.values, colorscale: "Viridis", showscale: true, colorbar: svdBar, line: { color: "#fff", width: 0.5 } },
         hovertemplate: `${CS.escapeHTML(svd.feeder)} neuron %{customdata}<br>${CS.escapeHTML(prop.name)} %{marker.color:.3g}<extra></extra>` },
       { type: "scatter", mode: "markers", x: U.map((r) => r[cx]), y: U.map((r) => r[cy]), customdata: U.map((_, i) => i), xaxis: "x2", yaxis: "y2",
         marker: { size: 8, color: "#4f46e5", opacity: 0.8, symbol: "diamond", line: { color: "#fff", width: 0.5 } },
         hovertemplate: `${CS.escapeHTML(layer)} neuron %{customdata}<extra></extra>` },
     ], {
-      height: 420, showlegend: false, margin: { l: 50, r: 14, t: 34, b: 50 },
-      xaxis: { domain: [0, 0.42], title: { text: `${tag}${cx}` } }, yaxis: { title: { text: `${tag}${cy}` } },
-      xaxis2: { domain: [0.56, 1], title: { text: `${tag}${cx}` } }, yaxis2: { anchor: "x2", title: { text: `${tag}${cy}` } },
+      ...svdAxes, showlegend: false, margin: { l: 50, r: 14, t: 34, b: 50 },
       annotations: [
-        { xref: "paper", yref: "paper", x: 0, y: 1.08, xanchor: "left", showarrow: false, text: `<b>${CS.escapeHTML(svd.feeder)}</b> (feeder, right vectors)` },
-        { xref: "paper", yref: "paper", x: 0.56, y: 1.08, xanchor: "left", showarrow: false, text: `<b>${CS.escapeHTML(layer)}</b> (this layer, left vectors)` },
+        { xref: "paper", yref: "paper", x: 0, y: narrowSvd ? 1.05 : 1.08, xanchor: "left", showarrow: false, text: `<b>${CS.escapeHTML(svd.feeder)}</b> (feeder, right vectors)` },
+        { xref: "paper", yref: "paper", x: narrowSvd ? 0 : 0.56, y: narrowSvd ? 0.47 : 1.08, xanchor: "left", showarrow: false, text: `<b>${CS.escapeHTML(layer)}</b> (this layer, left vectors)` },
       ],
     });
     const div = el("plot-svd");
