@@ -174,7 +174,9 @@ def test_experiment_pages_render(exp_client):
         assert rows == [(v, f"{exp}-{v}") for v in variants]
         for v in variants:
             assert f'href="/models/{exp}-{v}"' in html
-        assert '<script src="/static/js/experiment.js">' in html and "/static/css/experiments.css" in html
+        # versioned URLs (cached for a year; a new file gets a new URL)
+        assert re.search(r'<script src="/assets/[0-9a-f]+/js/experiment.js">', html), html[-600:]
+        assert re.search(r'href="/assets/[0-9a-f]+/css/experiments.css"', html)
         assert 'href="/experiments" class="active"' in html  # the header nav
 
 
