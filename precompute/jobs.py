@@ -457,6 +457,8 @@ def reap(settings: Settings) -> list[str]:
 
 #: seconds between two reap cycles (each also renews the worker's presence file)
 REAP_EVERY_S = 2.0
+#: an embedded worker whose server is gone and that has not stopped gracefully by then exits outright
+ORPHAN_GRACE_S = 15.0
 #: a presence file whose worker has not renewed it for this long belongs to a dead worker: removed
 PRESENCE_FORGET_S = 3600.0
 
@@ -514,10 +516,21 @@ def run_worker(settings: Optional[Settings] = None, workers: int = 1, reap_every
     presence = _presence_path(settings, me["id"])
 
     def reaper():
+        orphaned = None
         while True:
             if parent is not None and os.getppid() != parent:
-                os.kill(os.getpid(), signal.SIGINT)  # the consumer's own graceful stop
-                return
+                # the consumer's own graceful stop, asked again every half second: a SIGINT that lands while
+                # the consumer is still starting (before it handles signals; seen under load) is lost. A
+                # worker that has not stopped ORPHAN_GRACE_S after its parent went exits outright.
+                if stop.is_set():  # the consumer has stopped: nothing left to ask
+                    return
+                orphaned = orphaned or time.monotonic()
+                if time.monotonic() - orphaned > ORPHAN_GRACE_S:
+                    presence.unlink(missing_ok=True)
+                    os._exit(0)
+                os.kill(os.getpid(), signal.SIGINT)
+                stop.wait(0.5)
+                continue
             try:
                 atomic_write(presence, json.dumps(dict(me, beat=time.time())).encode())
                 reap(settings)
