@@ -490,7 +490,7 @@ class _Run:
             if pbar is not None:
                 pbar.update(1)
                 if i % 10 == 0 or i == steps - 1:
-                    el = time.perf_counter() - t0
+                    el = time.perf_counter() - t0 - paused
                     pbar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%",
                                      img_s=f"{seen / max(el, 1e-9):.0f}", refresh=False)
             if i + 1 in inner:
