@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -40,6 +39,7 @@ from precompute.names import InvalidName, check_analysis_name, check_layer_name,
 from precompute.settings import Settings
 
 from .findings import compute_findings, rgb_svd_layer
+from .findings import finite as _finite  # one copy; the views call it _finite
 from .layernames import human_names
 
 log = logging.getLogger("convscope.server")
@@ -920,14 +920,6 @@ def _training_summary(spec: dict) -> dict:
                          "epochs": extra.get("epochs"), "seed": extra.get("seed"), "plateau": plateau,
                          "snapshot": snap,
                          "at_plateau": bool(plateau and plateau.get("reached") is True) or extra.get("epochs") == 0}}
-
-
-def _finite(v) -> Optional[float]:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def profiles(rec: dict) -> dict:

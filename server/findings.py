@@ -32,7 +32,8 @@ GAMMA_LOOSE = GAMMA_THRESHOLDS[-1]
 COLOUR_COMPONENTS = 4
 
 
-def _finite(v) -> Optional[float]:
+def finite(v) -> Optional[float]:
+    """``float(v)`` when it is a finite number, else None (records hold NaN, None and strings alike)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -78,7 +79,7 @@ def _strided(row: dict) -> bool:
 def _symmetry_rows(rec: dict) -> list[tuple[dict, float]]:
     sc = rec.get("scalars", {})
     return [(r, v) for r in _ordered(rec) if r.get("type") == "conv"
-            and (v := _finite(sc.get(r["name"], {}).get("symmetry"))) is not None]
+            and (v := finite(sc.get(r["name"], {}).get("symmetry"))) is not None]
 
 
 def symmetry_baseline(rec: dict) -> Optional[float]:
@@ -93,7 +94,7 @@ def gamma_share(rec: dict, threshold: str) -> Optional[dict]:
     sc = rec.get("scalars", {})
     num = den = 0.0
     for r in rec.get("inventory", []):
-        v = _finite(sc.get(r["name"], {}).get(f"gamma_below_{threshold}"))
+        v = finite(sc.get(r["name"], {}).get(f"gamma_below_{threshold}"))
         if r.get("type") != "batchnorm" or v is None:
             continue
         n = int((r.get("weight_shape") or [0])[0] or 0)
@@ -174,16 +175,16 @@ def compute_findings(records: dict[str, dict], colour_svds: Optional[dict[str, t
         sc = rec.get("scalars", {})
         convs = [r for r in _ordered(rec) if r.get("type") == "conv"]
         for i, r in enumerate(convs):
-            v = _finite(sc.get(r["name"], {}).get("banding_index"))
+            v = finite(sc.get(r["name"], {}).get("banding_index"))
             if v is None:
                 continue
             if m in untrained:
                 floor = abs(v) if floor is None else max(floor, abs(v))
             t = twin_of.get(m)
-            tv = _finite(records[t].get("scalars", {}).get(r["name"], {}).get("banding_index")) if t else None
+            tv = finite(records[t].get("scalars", {}).get(r["name"], {}).get("banding_index")) if t else None
             banding.append({"model": m, "family": fam[m], "untrained": m in untrained, "layer": r["name"],
                             "human": hname(m, r["name"]), "value": v, "depth": i / (len(convs) - 1) if len(convs) > 1 else 0.0,
-                            "nmf_error": _finite(sc.get(r["name"], {}).get("nmf_error")),
+                            "nmf_error": finite(sc.get(r["name"], {}).get("nmf_error")),
                             "twin": t, "twin_value": tv,
                             "url": f"/models/{m}/layers/{r['name']}#fig-grid"})
     banding.sort(key=lambda x: -x["value"])
@@ -202,7 +203,7 @@ def compute_findings(records: dict[str, dict], colour_svds: Optional[dict[str, t
         for r, s in _symmetry_rows(rec)[1:]:  # the first conv sees pixels: its asymmetry is the image's
             if not _strided(r):
                 continue
-            ts = _finite(tsc.get(r["name"], {}).get("symmetry"))
+            ts = finite(tsc.get(r["name"], {}).get("symmetry"))
             tdrop = tbase - ts if tbase is not None and ts is not None else None
             drops.append({"model": m, "family": fam[m], "untrained": m in untrained, "layer": r["name"],
                           "human": hname(m, r["name"]), "S": s, "baseline": base, "drop": base - s,
@@ -250,7 +251,7 @@ def compute_findings(records: dict[str, dict], colour_svds: Optional[dict[str, t
     # ---- trained against random twin -------------------------------------------------------------------------
     def last_banding(rec):
         sc = rec.get("scalars", {})
-        vals = [v for r in _ordered(rec) if (v := _finite(sc.get(r["name"], {}).get("banding_index"))) is not None]
+        vals = [v for r in _ordered(rec) if (v := finite(sc.get(r["name"], {}).get("banding_index"))) is not None]
         return vals[-1] if vals else None
 
     twin_rows = []

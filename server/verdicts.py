@@ -173,19 +173,22 @@ def _clamp(r: dict) -> Optional[float]:
     return c.get("change") if isinstance(c, dict) else None
 
 
+def _share_against_all(bn: Sequence[float], allp: Sequence[float], beats_all: Callable[[float, float], bool]) -> str:
+    """A share the paper puts high when only BatchNorm trains: reproduced when every bn seed is >= 20 % and
+    ``beats_all(mean bn, mean all)``, not reproduced when every bn seed is < 10 %, else inconclusive."""
+    if not bn or not allp:
+        return NOT_MEASURED
+    if all(x >= 0.2 for x in bn) and beats_all(mean(bn), mean(allp)):
+        return REPRODUCED
+    return NOT_REPRODUCED if all(x < 0.1 for x in bn) else INCONCLUSIVE
+
+
 @verdicts_for("bnonly")
 def bnonly(rows: Rows) -> list[dict]:
     bn, allp, bno = rows.get("bn"), rows.get("all"), rows.get("bn-output")
     out = []
     g_bn, g_all = _values(bn, _gamma), _values(allp, _gamma)
-    if not g_bn or not g_all:
-        verdict = NOT_MEASURED
-    elif all(x >= 0.2 for x in g_bn) and mean(g_bn) >= 3 * mean(g_all):
-        verdict = REPRODUCED
-    elif all(x < 0.1 for x in g_bn):
-        verdict = NOT_REPRODUCED
-    else:
-        verdict = INCONCLUSIVE
+    verdict = _share_against_all(g_bn, g_all, lambda b, a: b >= 3 * a)
     out.append(_verdict(
         "training only BatchNorm leaves a large share of gammas near 0",
         "27 % to 33 % of |gamma| < 0.01 when only BatchNorm trains, 4 % to 5 % when everything trains",
@@ -206,14 +209,7 @@ def bnonly(rows: Rows) -> list[dict]:
         f"bn: accuracy change {_fmt(c, digits=2, sign=True)} points with {_fmt(f, pct=True)} of the gammas set to 0",
         verdict, "reproduced: change >= -1 point with at least 5 % of the gammas clamped", (bn,), change=c, clamped=f))
     d_bn, d_all = _values(bn, _dead), _values(allp, _dead)
-    if not d_bn or not d_all:
-        verdict = NOT_MEASURED
-    elif all(x >= 0.2 for x in d_bn) and mean(d_bn) > mean(d_all):
-        verdict = REPRODUCED
-    elif all(x < 0.1 for x in d_bn):
-        verdict = NOT_REPRODUCED
-    else:
-        verdict = INCONCLUSIVE
+    verdict = _share_against_all(d_bn, d_all, lambda b, a: b > a)
     out.append(_verdict(
         "many ReLU channels are switched off when only BatchNorm trains",
         "28 % to 39 % of ReLU channels output 0 on more than 99 % of inputs (bn only), at most 10 % (CIFAR-10, all)",

@@ -724,7 +724,7 @@ def test_layer_table_sorts_and_filters(page, srv_records):
 
 def test_vgg16_layers_have_human_names(page, srv_records):
     if "vgg16-hed" not in srv_records:
-        pytest.skip("vgg16-hed is not precomputed")
+        pytest.skip("vgg16-hed missing from the test cache (its weight wheel could not be fetched)")
     page.goto("/models/vgg16-hed/layers/28")
     ready(page)
     assert page.inner_text("#layer-human") == "conv5_3" and "28" in page.inner_text("h1")
