@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_checkpoint_expansion: float = 2.0
     #: clusters results (one per set of pairs and k asked for) kept in the cache; the oldest go beyond it
     max_cluster_groups: int = 1000
+    #: seconds a request for a new clusters result waits for the one k-means being computed before it gets
+    #: 503 with Retry-After (one k-means at a time per server bounds what a burst of new requests costs)
+    cluster_wait_s: float = 3.0
     #: pip index options for fetching weight wheels (empty: pip's own configuration)
     pip_args: str = ""
     host: str = "127.0.0.1"

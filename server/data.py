@@ -57,8 +57,6 @@ NEURON_PATTERN = r"^-?[0-9]{1,11}$"
 NEURON = re.compile(NEURON_PATTERN)
 #: a model whose recompute job finished less than this many seconds ago is not queued again by a request
 RECOMPUTE_EVERY = 30.0
-#: a new clusters result waits at most this long for the one k-means a server runs at a time, then 503
-CLUSTER_WAIT_S = 3.0
 
 
 # ---- errors ---------------------------------------------------------------------------------------
@@ -801,7 +799,7 @@ class Explorer:
         and stored there (``Cache.put_group``), so a repeated request never runs k-means again.
 
         A new result is bounded: one k-means at a time per server (another request for a new result
-        waits ``CLUSTER_WAIT_S``, then gets 503 :class:`Busy` with Retry-After), and the group cache keeps
+        waits ``settings.cluster_wait_s``, then gets 503 :class:`Busy` with Retry-After), and the group cache keeps
         the newest ``settings.max_cluster_groups`` results. ``cached_only``: None unless it is in memory."""
         parsed = self.parse_pairs(pairs)
         k_int = parse_int(k, "k", K_MIN, K_MAX)
@@ -813,7 +811,7 @@ class Explorer:
         params = self.cluster_params(parsed, k_int, seed)
         blob = self._stored_clusters(params)
         if blob is None:
-            if not self._clustering.acquire(timeout=CLUSTER_WAIT_S):
+            if not self._clustering.acquire(timeout=self.settings.cluster_wait_s):
                 raise Busy("the server is computing another clusters result (one at a time); retry in a few "
                            "seconds")
             try:
