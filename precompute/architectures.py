@@ -20,13 +20,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import librarymodels
 from .declarations import architectures as declared
+from .declarations.library import is_library_name
 from .experiments.nets import banding_net, cifar_resnet
 from .registry import Registry
 
+
+class Architectures(Registry[Callable[..., nn.Module]]):
+    """The registered builders, and every "torchvision:NAME" / "timm:NAME" of the libraries
+    (``precompute/librarymodels.py``), looked up on demand: listing the registry lists only the
+    registered ones (the libraries hold some 1,500 names; the server searches them in the catalogue)."""
+
+    def get(self, name: str) -> Callable[..., nn.Module]:
+        if is_library_name(name):
+            return librarymodels.builder(name)
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and is_library_name(name):
+            try:
+                librarymodels.split(name)
+            except KeyError:
+                return False
+            return True
+        return super().__contains__(name)
+
+
 #: name -> builder(**kwargs) -> nn.Module; each builder carries ``input_size`` (C, H, W), its native size,
 #: from its declaration (precompute/declarations/architectures.py: the names the torch-free server knows)
-ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
+ARCHITECTURES = Architectures("architecture")
 
 
 def register_arch(name: str):

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from precompute.declarations.analyses import layer_analyses
+from precompute.declarations.library import SEARCH_MAX
 from precompute.declarations.limits import CLUSTER_K_DEFAULT, CLUSTER_K_PATTERN, JOB_KINDS, MAX_CLUSTER_PAIRS
 from precompute.names import (ANALYSIS_PATTERN, LAYER_PATTERN, MODEL_PATTERN, InvalidName, check_analysis_name,
                               check_model_name)
@@ -261,6 +262,15 @@ def get_architectures():
     return JSONResponse(uploads.architectures())
 
 
+@router.get("/architectures/search", tags=["uploads"], responses={**ok(schemas.ArchitectureSearch, "OK"),
+                                                                   422: ERRORS[422]},
+            summary="Architectures whose names contain every word of q: the declared ones and the "
+                    "torchvision/timm models (torchvision:NAME, timm:NAME), with parameter counts")
+def search_architectures(q: str = Query(..., min_length=1, max_length=100, description="words, e.g. 'resnet 50'"),
+                         limit: int = Query(20, ge=1, le=SEARCH_MAX)):
+    return JSONResponse(uploads.search_architectures(q, limit))
+
+
 @router.get("/jobs", tags=["jobs"], responses={**ok(schemas.JobList, "OK (not cached)"), 422: ERRORS[422]},
             summary="Recent jobs (precompute, upload, train), newest first, with state and progress")
 def list_jobs(request: Request,
@@ -352,7 +362,9 @@ def _record_analyses(ex: Explorer, model: str) -> list[str]:
                                              "must be one plain component (no folders, no Windows path) "
                                              "matching x-filename-pattern and ending in one of x-extensions",
                               "x-extensions": list(EXTENSIONS), "x-filename-pattern": uploads.FILENAME.pattern},
-                     "arch": {"type": "string", "enum": uploads.architectures()["architectures"]},
+                     "arch": {"type": "string", "pattern": uploads.ARCH_NAME.pattern, "description":
+                              "a declared architecture (GET /api/architectures) or torchvision:NAME / timm:NAME "
+                              "(GET /api/architectures/search)"},
                      "name": {"type": "string", "pattern": MODEL_PATTERN, "maxLength": 80},
                      "dataset": {"type": "string", "pattern": uploads.DATASET.pattern}}}}}}})
 async def post_upload(request: Request):

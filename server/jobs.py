@@ -22,6 +22,8 @@ from typing import Optional
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from precompute.declarations import library
+from precompute.declarations.architectures import known as known_arch
 from precompute.declarations.architectures import upload_architectures
 from precompute.declarations.limits import UPLOAD_EXTENSIONS as EXTENSIONS
 from precompute.jobs import INCOMING, EmbeddedWorker, JobError, check_job_id, list_jobs, live_workers, read_job
@@ -30,7 +32,8 @@ from precompute.settings import Settings
 
 from .data import BadRequest, ExplorerError, NotFound
 
-ARCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+#: a declared architecture ("resnet20") or a library's ("timm:resnet50", "torchvision:resnet50")
+ARCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}(?::[A-Za-z0-9][A-Za-z0-9_.-]{0,119})?$")
 #: a checkpoint's file name: one path component, printable, no separators, no NUL, no leading dot
 FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 _.,()\[\]+=@~-]{0,199}$")
 DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -54,6 +57,18 @@ def architectures() -> dict:
     return {"architectures": sorted(sizes), "input_sizes": {a: list(s) for a, s in sorted(sizes.items())}}
 
 
+def search_architectures(query: str, limit: int = 20) -> dict:
+    """The declared architectures and the torchvision/timm models whose names contain every word of
+    ``query`` (declared ones first), each with its native input size and, for a library model, its task
+    and parameter count (from the catalogue: ``precompute/declarations/library.py``)."""
+    words = [w for w in query.lower().replace(":", " ").split() if w]
+    declared = [{"name": a, "task": None, "params": None, "input_size": list(size)}
+                for a, size in upload_architectures().items() if words and all(w in a.lower() for w in words)]
+    found = declared + [m.public() for m in library.search(query, limit)]
+    return {"query": query, "matches": found[:limit], "more": len(found) > limit,
+            "libraries": library.versions()}
+
+
 # ---- validation -------------------------------------------------------------------------------------
 def check_filename(filename: str) -> str:
     """The uploaded file's name: one harmless path component with a checkpoint extension; 422 otherwise
@@ -68,9 +83,14 @@ def check_filename(filename: str) -> str:
 
 
 def check_arch(arch: str) -> str:
-    known = architectures()["architectures"]
-    if not arch or not ARCH_NAME.match(arch) or arch not in known:
-        raise BadRequest(f"unknown architecture {arch[:100]!r}; known: {', '.join(known)}", known=known)
+    """A declared architecture with a native input size, or a name of the torchvision/timm catalogue."""
+    declared = architectures()["architectures"]
+    ok = bool(arch) and ARCH_NAME.match(arch) is not None and (
+        arch in declared if not library.is_library_name(arch) else known_arch(arch))
+    if not ok:
+        raise BadRequest(f"unknown architecture {arch[:100]!r}; known: {', '.join(declared)}, or any "
+                         f"torchvision:NAME or timm:NAME (search them: /api/architectures/search?q=resnet)",
+                         known=declared)
     return arch
 
 

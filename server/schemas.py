@@ -236,6 +236,20 @@ class Architectures(_Open):
     input_sizes: dict[str, list[int]]
 
 
+class ArchitectureMatch(_Open):
+    name: str = Field(..., description="what the upload's arch field takes: resnet20, timm:resnet50, ...")
+    task: Optional[str] = Field(None, description="classification, segmentation or detection (library models)")
+    params: Optional[int] = Field(None, description="parameter count (library models)")
+    input_size: Optional[list[int]] = Field(None, description="native (C, H, W); null: any size")
+
+
+class ArchitectureSearch(_Open):
+    query: str
+    matches: list[ArchitectureMatch]
+    more: bool = Field(..., description="more names match than were returned")
+    libraries: dict[str, str] = Field(..., description="library -> version the catalogue lists")
+
+
 class Job(_Open):
     id: str
     kind: str = Field(..., description="precompute, upload or train")

@@ -9,6 +9,9 @@ modules of this package. ``tests/test_imports.py`` checks both.
   computations, with torch, are ``precompute/analyses/``, registered under exactly these names);
 - :mod:`.architectures`: the architecture names and their native input sizes (the builders, with torch,
   are in ``precompute/architectures.py`` and must cover exactly these names);
+- :mod:`.library`: the torchvision and timm models by name ("timm:resnet50") and their catalogue (input
+  size, parameter count, state-dict signature) that the upload form searches (builders:
+  ``precompute/librarymodels.py``);
 - :mod:`.experiments`: the experiments and their recipes as data (title, description, paper, variants,
   measurements, the training recipe);
 - :mod:`.limits`: numbers and lists with one home (clusters' k range and pair count, upload extensions,

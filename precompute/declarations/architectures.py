@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..registry import Registry
+from . import library
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,18 @@ def declare(name: str, input_size: Optional[tuple[int, int, int]] = None) -> Arc
 
 
 def input_size(name: str) -> Optional[tuple[int, int, int]]:
-    """The native (C, H, W) of ``name`` (None when it has none); UnknownName lists the close names."""
+    """The native (C, H, W) of ``name``, a declared name or a library's "torchvision:NAME"/"timm:NAME"
+    (None when it has none); UnknownName lists the close names."""
+    if library.is_library_name(name):
+        return library.get(name).input_size
     return ARCHITECTURES.get(name).input_size
+
+
+def known(name: str) -> bool:
+    """``name`` is a declared architecture or in the libraries' catalogue."""
+    if library.is_library_name(name):
+        return name in library.catalogue()
+    return name in ARCHITECTURES
 
 
 def upload_architectures() -> dict[str, tuple[int, int, int]]:

@@ -1,20 +1,48 @@
-/* Upload: architectures from the API, the checkpoint sent with progress, then the job page. */
+/* Upload: the architecture searched as the user types (convscope's own and torchvision/timm by name, with
+   the expected parameter count), the checkpoint sent with progress, then the job page. */
 "use strict";
 (() => {
   const el = (id) => document.getElementById(id);
   const form = el("upload-form"), arch = el("arch"), err = el("upload-error"), bar = CS.$("#upload-progress .bar");
+  const list = el("arch-list"), info = el("arch-info");
   const maxBytes = CS.boot.max_bytes;
+  const exts = CS.limits.upload_extensions || [];
+  if (exts.length) el("file").accept = exts.join(",");
 
+  // name -> match row ({name, task, params, input_size}) of every search answer seen, for the info line
+  const seen = new Map();
+  const fmtParams = (n) => n >= 1e9 ? `${(n / 1e9).toFixed(2)} billion` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} million` : n.toLocaleString();
+  const describe = (m) => {
+    const parts = [];
+    if (m.params != null) parts.push(`${fmtParams(m.params)} parameters`);
+    if (m.task) parts.push(m.task);
+    parts.push(m.input_size ? `input ${m.input_size.join("×")}` : "any input size (224×224 is used)");
+    return parts.join(" · ");
+  };
+  const showInfo = () => {
+    const m = seen.get(arch.value.trim());
+    info.textContent = m ? `${m.name}: ${describe(m)}` : "";
+    info.classList.toggle("muted", !m);
+  };
+  let timer = 0, asked = "";
+  const search = () => {
+    const q = arch.value.trim();
+    if (!q || q === asked) { showInfo(); return; }
+    asked = q;
+    fetch(`/api/architectures/search?q=${encodeURIComponent(q)}&limit=20`).then((r) => r.ok ? r.json() : null).then((d) => {
+      if (!d || d.query !== arch.value.trim()) return;  // an older answer, overtaken by typing
+      d.matches.forEach((m) => seen.set(m.name, m));
+      list.innerHTML = d.matches.map((m) => `<option value="${CS.escapeHTML(m.name)}">${CS.escapeHTML(describe(m))}</option>`).join("");
+      if (!d.matches.length) info.textContent = `no architecture matches “${q}”`;
+      else showInfo();
+    }).catch(() => { /* the field still takes any name; the server checks it */ });
+  };
+  arch.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, 150); });
+  arch.addEventListener("change", search);
+  // convscope's own architectures are the first suggestions, before anything is typed
   fetch("/api/architectures").then((r) => r.json()).then((d) => {
-    const list = d.architectures || [];
-    if (list.length) {
-      arch.innerHTML = `<option value="">choose…</option>` + list.map((a) => `<option>${CS.escapeHTML(a)}</option>`).join("");
-    } else {
-      const input = document.createElement("input");
-      input.type = "text"; input.name = "arch"; input.id = "arch"; input.required = true; input.placeholder = "resnet20";
-      arch.replaceWith(input);
-      el("arch-note").textContent = d.error ? `${d.error}; type the architecture name` : "type the architecture name";
-    }
+    (d.architectures || []).forEach((a) => seen.set(a, { name: a, input_size: (d.input_sizes || {})[a] }));
+    if (!arch.value) list.innerHTML = (d.architectures || []).map((a) => `<option value="${CS.escapeHTML(a)}">`).join("");
     document.body.dataset.ready = "1";
   }).catch(() => { document.body.dataset.ready = "1"; });
 

@@ -1,0 +1,199 @@
+"""The architectures of torchvision and timm by name: ``torchvision:resnet50``, ``timm:convnext_tiny``.
+
+Each library is registered with :func:`register_library` under a prefix declared in the floor
+(``precompute/declarations/library.py``, which also holds the catalogue the torch-free server searches).
+A library says which names it has (torchvision: the classification, segmentation and detection models
+of ``torchvision.models.list_models``; timm: ``timm.list_models()``), how to build one untrained
+(never ``weights=``/``pretrained=True``: nothing is downloaded) and its native input size from the
+library's own metadata (timm's ``pretrained_cfg``, torchvision's weights enum).
+
+The catalogue (``python -m precompute.librarymodels --write``) adds what only a built model can tell:
+the parameter count and the state-dict signature that ``--arch auto`` matches a checkpoint against.
+Models are built on the ``meta`` device for it, so no memory is allocated for the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Optional
+
+import timm
+import torch
+import torchvision
+from torch import nn
+from torchvision import models as tvm
+from tqdm import tqdm
+
+from .declarations import library as declared
+from .registry import Registry, UnknownName, unknown_message
+
+
+@dataclass(frozen=True)
+class Library:
+    """One model library: its names (name -> task), an untrained builder and the native input size."""
+    prefix: str
+    names: Callable[[], dict[str, str]]
+    build: Callable[..., nn.Module]
+    input_size: Callable[[str], Optional[tuple[int, int, int]]]
+    version: str
+
+
+#: prefix -> Library, filled by :func:`register_library`; the prefixes are the floor's ``PREFIXES``
+LIBRARIES: Registry[Library] = Registry("model library")
+
+
+def register_library(prefix: str, version: str):
+    """Decorator over a class-like namespace function returning (names, build, input_size)."""
+    if prefix not in declared.PREFIXES:
+        raise ValueError(f"library {prefix!r} has builders but no declaration; add it to "
+                         f"precompute/declarations/library.py PREFIXES")
+
+    def deco(fn: Callable[[], tuple]) -> Callable[[], tuple]:
+        names, build, input_size = fn()
+        LIBRARIES.add(prefix, Library(prefix, names, build, input_size, version))
+        return fn
+
+    return deco
+
+
+# ---- torchvision ------------------------------------------------------------------------------------
+#: the torchvision model modules convscope builds (video models have 3-d convs, quantized ones int8
+#: weights, optical flow no classifier-style conv stack: none of them is a 2-d CNN as the analyses see it)
+TORCHVISION_TASKS = {"classification": tvm, "segmentation": tvm.segmentation, "detection": tvm.detection}
+
+
+@register_library("torchvision", torchvision.__version__)
+def _torchvision():
+    def names() -> dict[str, str]:
+        out: dict[str, str] = {}
+        for task, module in TORCHVISION_TASKS.items():
+            for n in tvm.list_models(module=module):
+                out.setdefault(n, task)
+        return out
+
+    def build(name: str, **kw) -> nn.Module:
+        if names().get(name) in ("segmentation", "detection"):
+            # their default backbone weights would be downloaded: untrained means untrained everywhere
+            kw.setdefault("weights_backbone", None)
+        return tvm.get_model(name, weights=None, **kw)
+
+    def input_size(name: str) -> Optional[tuple[int, int, int]]:
+        try:
+            transforms = tvm.get_model_weights(name).DEFAULT.transforms()
+        except (ValueError, AttributeError):
+            return None
+        size = getattr(transforms, "crop_size", None) or getattr(transforms, "resize_size", None)
+        return (3, int(size[0]), int(size[-1])) if size else None  # detection: any size (None)
+
+    return names, build, input_size
+
+
+# ---- timm -------------------------------------------------------------------------------------------
+@register_library("timm", timm.__version__)
+def _timm():
+    def names() -> dict[str, str]:
+        return {n: "classification" for n in timm.list_models()}
+
+    def build(name: str, **kw) -> nn.Module:
+        return timm.create_model(name, pretrained=False, **kw)
+
+    def input_size(name: str) -> Optional[tuple[int, int, int]]:
+        cfg = timm.get_pretrained_cfg(name)
+        size = getattr(cfg, "input_size", None) if cfg is not None else None
+        return tuple(int(x) for x in size) if size else None
+
+    return names, build, input_size
+
+
+# ---- one name ----------------------------------------------------------------------------------------
+def split(arch: str) -> tuple[Library, str]:
+    """("timm:resnet50") -> (the timm Library, "resnet50"); UnknownName for an unknown prefix or name."""
+    prefix, name = declared.split_name(arch)
+    lib = LIBRARIES.get(prefix)
+    known = lib.names()
+    if name not in known:
+        raise UnknownName(unknown_message("architecture", arch, [f"{prefix}:{n}" for n in known]))
+    return lib, name
+
+
+def builder(arch: str) -> Callable[..., nn.Module]:
+    """A builder of ``arch`` ("torchvision:NAME" / "timm:NAME") with ``input_size`` like the registered ones."""
+    lib, name = split(arch)
+
+    def build(**kw) -> nn.Module:
+        return lib.build(name, **kw)
+
+    build.input_size = lib.input_size(name)  # type: ignore[attr-defined]
+    build.__name__ = arch
+    return build
+
+
+# ---- state-dict signatures (what --arch auto matches) -------------------------------------------------
+def signature(shapes: Mapping[str, Iterable[int]]) -> str:
+    """A 16-hex digest of a state dict's (key, shape) list in key order, ``num_batches_tracked`` left out
+    (a checkpoint saved by other code often lacks it; it carries no weight)."""
+    rows = sorted((k, tuple(int(x) for x in s)) for k, s in shapes.items() if not k.endswith("num_batches_tracked"))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def state_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """key -> shape of the module's state dict (works on the meta device: no data is read)."""
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def meta_entry(arch: str) -> dict:
+    """The catalogue entry of ``arch``: input size, parameter count, tensor count and signature, from a
+    model built on the meta device (no weight memory)."""
+    lib, name = split(arch)
+    with torch.device("meta"):
+        module = lib.build(name)
+    shapes = state_shapes(module)
+    size = lib.input_size(name)
+    return {"name": arch, "task": lib.names()[name], "input_size": list(size) if size else None,
+            "params": int(sum(p.numel() for p in module.parameters())),
+            "tensors": sum(1 for k in shapes if not k.endswith("num_batches_tracked")),
+            "signature": signature(shapes)}
+
+
+def all_names() -> list[str]:
+    return [f"{lib.prefix}:{n}" for _, lib in sorted(LIBRARIES.items()) for n in sorted(lib.names())]
+
+
+def build_catalogue(names: Optional[list[str]] = None, progress: bool = True) -> dict:
+    """The catalogue as the floor reads it: the libraries' versions and one entry per name (a name that
+    cannot be built, even on meta, is listed under ``failed`` with its error, never silently dropped)."""
+    names = all_names() if names is None else names
+    entries, failed = [], {}
+    for arch in tqdm(names, desc="catalogue", unit="model", disable=not progress, file=sys.stderr):
+        try:
+            entries.append(meta_entry(arch))
+        except Exception as e:  # noqa: BLE001 - a library model we cannot build is reported, not fatal
+            failed[arch] = f"{type(e).__name__}: {e}"[:300]
+    return {"format": declared.CATALOGUE_FORMAT,
+            "versions": {p: lib.version for p, lib in sorted(LIBRARIES.items())},
+            "models": entries, "failed": failed}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description="build the torchvision/timm catalogue the server searches")
+    ap.add_argument("--write", action="store_true", help=f"write it to {declared.CATALOGUE_FILE.name}")
+    args = ap.parse_args(argv)
+    started = time.time()
+    cat = build_catalogue()
+    text = json.dumps(cat, separators=(",", ":"), sort_keys=True) + "\n"
+    if args.write:
+        declared.CATALOGUE_FILE.write_text(text)
+    print(f"{len(cat['models'])} models, {len(cat['failed'])} failed, {time.time() - started:.0f} s",
+          file=sys.stderr)
+    if not args.write:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
