@@ -5,8 +5,8 @@ analysis (:mod:`precompute.analyses.clusters`) run this one function:
 
 1. colours are re-aligned jointly: each layer's ``nmf`` colours are consistent within the layer
    only, so every neuron's factors are permuted again against the pooled mean of all pairs, with
-   the rule of the ``nmf`` analysis (:data:`precompute.analyses.nmf_core.COLOUR_RULE`, started from
-   the given order: ``align_colours(W, start="identity")``);
+   the rule of the ``nmf`` analysis (:mod:`precompute.colours`, the one implementation both use, started
+   from the given order: ``align_colours(W, start="identity")``);
 2. each neuron's image (kh x kw x r, already divided by its max) is flattened and scaled to unit
    L2 norm (all-zero images stay zero);
 3. scikit-learn ``KMeans(n_clusters=k, random_state=seed, n_init=10)``;
@@ -20,17 +20,16 @@ neuron, in the layer's neuron order), ``sizes`` [k] (members per cluster, decrea
 
 from __future__ import annotations
 
-from itertools import permutations
 from typing import Any, Sequence
 
 import numpy as np
 
+from .colours import align_colours, apply_perm
 from .declarations.analyses import ANALYSES
 
 #: version of the computation (the ``clusters`` analysis' declared version; part of the group cache key)
 VERSION = ANALYSES.get("clusters").version
 N_INIT = 10
-_TINY = 1e-30
 
 
 def to_list(x: Any, digits: int = 6) -> Any:
@@ -40,37 +39,6 @@ def to_list(x: Any, digits: int = 6) -> Any:
         mag = np.where(x == 0, 0, np.floor(np.log10(np.abs(np.where(x == 0, 1, x)))))
     scale = 10.0 ** (digits - 1 - mag)
     return (np.round(x * scale) / scale).tolist()
-
-
-def align_colours(W: np.ndarray, rounds: int = 3) -> np.ndarray:
-    """Numpy ``nmf_core.align_colours(W, start="identity")``: permute each neuron's r factors so that
-    colour j means the same across the batch. W: (B, P, r). Returns perm (B, r) with
-    ``out[:, :, j] = W[:, :, perm[:, j]]``."""
-    B, P, r = W.shape
-    perm = np.broadcast_to(np.arange(r), (B, r)).copy()
-    if B == 0:
-        return perm
-    U = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), _TINY)
-    if r <= 5:
-        perms = np.array(list(permutations(range(r))))  # (p, r), itertools order as nmf_core
-        cols = np.arange(r)
-    for _ in range(rounds):
-        ref = np.take_along_axis(U, perm[:, None, :].repeat(P, 1), 2).mean(0)  # (P, r)
-        ref = ref / np.maximum(np.linalg.norm(ref, axis=0, keepdims=True), _TINY)
-        sim = np.einsum("bpi,pj->bij", U, ref)  # cosine similarity of factor i to colour j
-        if r <= 5:
-            new = perms[sim[:, perms, cols].sum(-1).argmax(axis=1)]
-        else:
-            from scipy.optimize import linear_sum_assignment
-
-            new = np.empty((B, r), dtype=np.int64)
-            for b in range(B):
-                rows, cs = linear_sum_assignment(-sim[b])
-                new[b, cs] = rows
-        if np.array_equal(new, perm):
-            break
-        perm = new
-    return perm
 
 
 def compute_clusters(entries: Sequence[tuple[str, str, Any]], k: int = 8, seed: int = 0) -> dict:
@@ -95,8 +63,8 @@ def compute_clusters(entries: Sequence[tuple[str, str, Any]], k: int = 8, seed: 
     if total < k:
         raise ValueError(f"k must be <= the number of neurons; got k={k} > {total} neurons in {len(entries)} layer(s)")
     W = np.concatenate(imgs, 0).reshape(total, kh * kw, r)
-    perm = align_colours(W)
-    aligned = np.take_along_axis(W, perm[:, None, :].repeat(kh * kw, 1), 2).reshape(total, kh, kw, r)
+    perm, _ = align_colours(W, start="identity")
+    aligned = apply_perm(W, perm).reshape(total, kh, kw, r)
     feats = aligned.reshape(total, -1)
     norms = np.linalg.norm(feats, axis=1, keepdims=True)
     feats = np.where(norms > 0, feats / np.where(norms > 0, norms, 1.0), 0.0)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from precompute.analyses.nmf_core import (COLOUR_RULE, align_colours, apply_perm, banding_index, batched_nmf,
-                                          best_permutations, images_from_factors, leaf_order, nmf_layers,
+from precompute.analyses.nmf_core import (banding_index, batched_nmf, images_from_factors, leaf_order, nmf_layers,
                                           nndsvda_init, nonneg_matrices, relative_error)
+from precompute.colours import COLOUR_RULE, align_colours, apply_perm, best_permutations
 
 
 def planted(B=32, P=9, F=40, r=3, seed=0):
@@ -47,7 +47,7 @@ def test_planted_rank3_recovered():
     assert float(res.error.max()) < 1e-3
     # factors equal up to permutation and scale
     sim = torch.einsum("bpi,bpj->bij", unit_cols(res.W), unit_cols(W0))
-    perm = best_permutations(sim)
+    perm = torch.as_tensor(best_permutations(sim.numpy()))
     matched = sim.gather(1, perm[:, None, :]).squeeze(1)  # cosine of factor perm[j] with true factor j
     assert float(matched.min()) > 0.999
 
@@ -111,7 +111,7 @@ def test_best_permutations_is_optimal_assignment(r):
     from scipy.optimize import linear_sum_assignment
 
     sim = torch.randn(50, r, r, generator=torch.Generator().manual_seed(r))
-    perm = best_permutations(sim)
+    perm = torch.as_tensor(best_permutations(sim.numpy()))
     for b in range(50):
         rows, cols = linear_sum_assignment(-sim[b].numpy())
         best = sim[b].numpy()[rows, cols].sum()
@@ -127,8 +127,8 @@ def test_colour_alignment_planted_permutations():
     N = 60
     W = torch.stack([base[:, list(perms[n % 6])] * (0.5 + torch.rand(1, 3, generator=g)) for n in range(N)])
     W = W + 0.01 * torch.rand(N, 9, 3, generator=g)
-    perm, ref = align_colours(W)
-    A = unit_cols(apply_perm(W, perm))
+    perm, ref = align_colours(W.numpy())
+    A = unit_cols(torch.as_tensor(apply_perm(W.numpy(), perm)))
     # every neuron ends up with the same factor order: factor j matches the same base image
     sim = torch.einsum("bpj,pk->bjk", A, unit_cols(base[None])[0])
     which = sim.argmax(2)  # (N, 3): the base image each aligned colour is

@@ -4,7 +4,7 @@ k-means over the NMF images of several (model, layer) pairs with the same kernel
 
 1. colours are re-aligned jointly: each layer's ``nmf`` colours are consistent within the layer
    only, so every neuron's factors are permuted again against the pooled mean of all pairs, with
-   the same rule as the ``nmf`` analysis (:data:`~precompute.analyses.nmf_core.COLOUR_RULE`);
+   the same rule as the ``nmf`` analysis (:data:`~precompute.colours.COLOUR_RULE`);
 2. each neuron's image (kh x kw x r, already divided by its max) is flattened and scaled to unit
    L2 norm (all-zero images stay zero);
 3. scikit-learn ``KMeans(n_clusters=k, random_state=seed, n_init=10)``;

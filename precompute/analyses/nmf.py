@@ -9,7 +9,7 @@ factor A_n reshaped to kh x kw x 3 is the neuron's RGB image, divided by its own
 
 All neurons of all requested layers with the same (C, kh, kw) are solved in one batched torch
 computation (:func:`precompute.analyses.nmf_core.nmf_layers`; HALS accelerated by inner W passes
-and extrapolation, from an NNDSVDa start), on the context's device. The colour rule is :data:`~precompute.analyses.nmf_core.COLOUR_RULE`.
+and extrapolation, from an NNDSVDa start), on the context's device. The colour rule is :data:`~precompute.colours.COLOUR_RULE`.
 
 Result per layer (docs/FORMATS.md): ``rank``, ``kernel``, ``images`` [N][kh][kw][rank],
 ``order`` [N] (average-linkage hierarchical clustering of the flattened images, Euclidean,
@@ -25,7 +25,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Analysis, ModelContext, register_analysis, to_list
-from .nmf_core import COLOUR_RULE, DEFAULT_TOL, nmf_layers
+from ..colours import COLOUR_RULE
+from .nmf_core import DEFAULT_TOL, nmf_layers
 
 
 class NMFParams(BaseModel):

@@ -7,7 +7,8 @@ Shapes (B = a batch of neurons, possibly from several layers of the same weight 
 - ``W``: (B, P, r) position factors (the images), ``H``: (B, r, F) channel factors.
 
 Everything is batched: no Python loop runs over neurons (the only exception is the scipy fallback of
-:func:`best_permutations` for rank > 5).
+:func:`precompute.colours.best_permutations` for rank > 5). The colour alignment of the factors is
+:mod:`precompute.colours` (numpy, shared with the torch-free ``clusters`` computation).
 
 The solver (:func:`batched_nmf`) is HALS (hierarchical alternating least squares, Cichocki & Phan
 2009), i.e. exact coordinate descent on the columns of W and the rows of H, the algorithm behind
@@ -27,21 +28,13 @@ else works on (r x F) or smaller. For a 512-neuron layer with C = 512 one sweep 
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-#: the rule that makes colours consistent across the neurons of a layer (stored with every result)
-COLOUR_RULE = (
-    "Factors start ordered by energy (||w_k||*||h_k||, largest first). Reference = the layer's mean of "
-    "the unit-norm position factors. Each neuron's factors are permuted by an optimal assignment "
-    "(Hungarian; exhaustive over the 3! permutations, batched) maximising the summed cosine similarity "
-    "to the reference; the reference is recomputed and the matching repeated (3 rounds or until stable). "
-    "Red, green, blue = reference factors 0, 1, 2."
-)
+from ..colours import align_colours
 
 _TINY = 1e-30
 
@@ -433,84 +426,6 @@ def _hals_extrapolated(X: torch.Tensor, W: torch.Tensor, H: torch.Tensor, live: 
     return W_out, H_out, iters
 
 
-def factor_energy(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """||w_k|| * ||h_k|| for each factor: (B, r), the Frobenius norm of its rank-one term."""
-    return W.norm(dim=1) * H.norm(dim=2)
-
-
-def _unit(F: torch.Tensor) -> torch.Tensor:
-    """Columns (dim 1) to unit L2 norm, zero columns stay zero. (B, P, r)."""
-    return F / F.norm(dim=1, keepdim=True).clamp_min(_TINY)
-
-
-def best_permutations(sim: torch.Tensor) -> torch.Tensor:
-    """Optimal assignment for every item of a batch: sim (B, r, r) similarity of factor i to colour j.
-
-    Returns perm (B, r) with perm[b, j] = the factor that becomes colour j, maximising
-    sum_j sim[b, perm[b, j], j]. For r <= 5 all r! permutations are scored in one tensor operation
-    (exact, the same optimum as the Hungarian algorithm); beyond, scipy's linear_sum_assignment per item.
-    """
-    B, r, _ = sim.shape
-    if r <= 5:
-        perms = torch.tensor(list(itertools.permutations(range(r))), device=sim.device)  # (p, r)
-        cols = torch.arange(r, device=sim.device)
-        scores = sim[:, perms, cols].sum(-1)  # (B, p)
-        return perms[scores.argmax(dim=1)]
-    from scipy.optimize import linear_sum_assignment
-
-    out = np.empty((B, r), dtype=np.int64)
-    s = sim.detach().cpu().numpy()
-    for b in range(B):
-        rows, cols = linear_sum_assignment(-s[b])
-        out[b, cols] = rows
-    return torch.as_tensor(out, device=sim.device)
-
-
-def align_colours(W: torch.Tensor, H: Optional[torch.Tensor] = None, rounds: int = 3,
-                  reference: Optional[torch.Tensor] = None,
-                  start: str = "energy") -> tuple[torch.Tensor, torch.Tensor]:
-    """Permute each neuron's factors so that colour j means the same thing across the batch.
-
-    W: (B, P, r) position factors of ONE layer (or of a set of layers aligned together);
-    H: (B, r, F) optional channel factors, used only for the initial energy order.
-    Returns (perm (B, r), reference (P, r)); apply with ``W.gather(2, perm[:, None, :].expand_as(W))``.
-    See :data:`COLOUR_RULE`. With ``reference`` given, one matching against it (no iteration).
-    ``start="identity"`` keeps the given factor order for the first reference (to re-align factors
-    that are already aligned within groups, e.g. layers, across groups).
-    """
-    B, P, r = W.shape
-    if start not in ("energy", "identity"):
-        raise ValueError(f"start must be 'energy' or 'identity'; got {start!r}")
-    if start == "identity":
-        order = torch.arange(r, device=W.device).expand(B, r).contiguous()
-    elif H is not None:
-        order = torch.argsort(factor_energy(W, H), dim=1, descending=True, stable=True)
-    else:
-        order = torch.argsort(W.norm(dim=1), dim=1, descending=True, stable=True)
-    U = _unit(W)
-    perm = order
-    if B == 0:
-        return perm, W.new_zeros(P, r)
-    fixed = reference is not None
-    for _ in range(1 if fixed else rounds):
-        if not fixed:
-            reference = U.gather(2, perm[:, None, :].expand_as(U)).mean(0)  # (P, r)
-        ref = reference / reference.norm(dim=0, keepdim=True).clamp_min(_TINY)
-        sim = torch.einsum("bpi,pj->bij", U, ref)  # cosine similarity of factor i to colour j
-        new = best_permutations(sim)
-        if torch.equal(new, perm) and not fixed:
-            break
-        perm = new
-    if not fixed:
-        reference = U.gather(2, perm[:, None, :].expand_as(U)).mean(0)
-    return perm, reference
-
-
-def apply_perm(W: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """W (B, P, r) with its factors reordered: out[:, :, j] = W[:, :, perm[:, j]]."""
-    return W.gather(2, perm[:, None, :].expand_as(W))
-
-
 def images_from_factors(W: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     """(B, P, r) -> (B, kh, kw, r) images, each divided by its own max (all-zero stays zero)."""
     B, P, r = W.shape
@@ -627,8 +542,10 @@ def _nmf_layers(weights, rank, max_iter, tol, align_rounds, order_method, max_ba
         start = 0
         for name, n in zip(names, sizes):
             Wl = Wall[start:start + n]
-            perm, _ = align_colours(Wl, rounds=align_rounds)
-            imgs = images_from_factors(apply_perm(Wl, perm), (kh, kw))
+            # the colour alignment is numpy (shared with the torch-free clusters computation); W is small
+            perm, _ = align_colours(Wl.cpu().numpy(), rounds=align_rounds)
+            perm = torch.as_tensor(perm, device=Wl.device)
+            imgs = images_from_factors(Wl.gather(2, perm[:, None, :].expand_as(Wl)), (kh, kw))
             e = energy[start:start + n]
             feats = imgs.reshape(n, -1).double().cpu().numpy()
             out[name] = LayerNMF(images=imgs, error=err[start:start + n], energy=e,
