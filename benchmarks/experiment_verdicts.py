@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from precompute.settings import Settings  # noqa: E402
-from server.data import Explorer  # noqa: E402
+from server.explorer import Explorer  # noqa: E402
 from server.experiments import experiment_detail, experiment_names  # noqa: E402
 
 

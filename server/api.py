@@ -1,4 +1,4 @@
-"""The JSON API: thin routes that speak HTTP over :mod:`server.data`, :mod:`server.jobs` and the job
+"""The JSON API: thin routes that speak HTTP over :mod:`server.explorer`, :mod:`server.jobs` and the job
 queue (:mod:`precompute.jobs`). Response shapes are declared for the OpenAPI schema (:mod:`server.schemas`).
 
 Cached results are sent as stored bytes with their ETag (``If-None-Match`` -> 304) and, when the
@@ -7,7 +7,6 @@ client accepts it, a gzip kept in memory beside them.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -28,9 +27,13 @@ from precompute.jobs import submit
 from . import experiments as experiment_pages
 from . import jobs as uploads
 from . import schemas
-from .data import (K_MAX, K_MIN, NEURON_PATTERN, Blob, BadRequest, CacheProblem, Conflict, ExplorerError, Explorer,
-                   NotFound, Recomputing)
-from .jobs import EXTENSIONS, TooLarge  # noqa: F401  (TooLarge: re-exported)
+from .blobs import Blob
+from .clusters import K_MAX, K_MIN
+from .errors import BadRequest, CacheProblem, Conflict, ExplorerError, NotFound, TooLarge
+from .explorer import Explorer
+from .jobs import EXTENSIONS
+from .responses import error_json
+from .views import NEURON_PATTERN
 
 router = APIRouter(prefix="/api")
 
@@ -104,7 +107,7 @@ class FastPath:
         self.state_of = state_of
         self.routes = routes
 
-    async def serve(self, scope, sendmsg) -> bool:
+    async def serve(self, scope, receive, sendmsg) -> bool:
         """True when the request was answered; False to let the app handle it (errors, other routes)."""
         if scope["type"] != "http" or scope["method"] != "GET":
             return False
@@ -118,14 +121,10 @@ class FastPath:
             except ExplorerError as e:
                 if content_type != CONTENT_TYPES[JSON]:
                     return False  # a page's error is a page for people: the app renders it (pages.error_page)
-                # the app's JSON answer to an ExplorerError (app.py: explorer_error), the body of its JSONResponse
-                # (sent uncompressed); here rather than by falling through, which would compute the error again
-                # (and a Recomputing must not be: this very call discarded the entry and queued its job)
-                body = json.dumps(e.body(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-                headers = [(k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()]
-                await sendmsg({"type": "http.response.start", "status": e.status, "headers": headers + [
-                    (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
-                await sendmsg({"type": "http.response.body", "body": body})
+                # the app's JSON answer to an ExplorerError (app.py: explorer_error), sent uncompressed; here
+                # rather than by falling through, which would compute the error again (and a Recomputing must
+                # not be: this very call discarded the entry and queued its job)
+                await error_json(e)(scope, receive, sendmsg)
                 return True
             if blob is None:
                 return False

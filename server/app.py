@@ -23,7 +23,10 @@ from precompute.jobs import EmbeddedWorker
 from precompute.settings import Settings, get_settings
 
 from . import api, jobs, pages
-from .data import Blob, ExplorerError, Explorer
+from .blobs import Blob
+from .errors import ExplorerError
+from .explorer import Explorer
+from .responses import error_headers, error_json, error_status
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "frontend" / "static"
@@ -72,7 +75,7 @@ class ConvscopeApp(FastAPI):
     fast: Optional["api.FastPath"] = None
 
     async def __call__(self, scope, receive, send) -> None:
-        if self.fast is not None and await self.fast.serve(scope, send):
+        if self.fast is not None and await self.fast.serve(scope, receive, send):
             return
         await super().__call__(scope, receive, send)
 
@@ -101,9 +104,9 @@ def create_app(settings: Optional[Settings] = None, embedded: Optional[EmbeddedW
     @app.exception_handler(ExplorerError)
     async def explorer_error(request: Request, exc: ExplorerError):
         if _wants_json(request):
-            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-        page = pages.error_page(request, exc.status, exc.message, exc.extra.get("known"))
-        page.headers.update(exc.headers or {})
+            return error_json(exc)
+        page = pages.error_page(request, error_status(exc), exc.message, exc.extra.get("known"))
+        page.headers.update(error_headers(exc) or {})
         return page
 
     @app.exception_handler(RequestValidationError)

@@ -28,7 +28,10 @@ from precompute.declarations.limits import GAMMA_OFF
 from precompute.declarations.limits import MAX_CLUSTER_PAIRS as MAX_PAIRS
 from precompute.names import is_model_name
 
-from .data import Explorer, ExplorerError, NotFound, _finite, profiles, unknown
+from .errors import ExplorerError, NotFound, unknown
+from .explorer import Explorer
+from .findings import finite
+from .views import profiles
 from .verdicts import experiment_verdicts
 
 
@@ -116,9 +119,9 @@ def gamma_below(rec: dict, threshold: str = GAMMA_OFF) -> Optional[dict]:
     measurement when present, else channel-weighted over the ``batchnorm`` scalars of the cache."""
     meas = (_extra(rec).get("measurements") or {}).get("gamma_clamp") or {}
     t = (meas.get("thresholds") or {}).get(threshold) or {}
-    v = _finite(t.get("fraction_clamped"))
-    if v is None and threshold == GAMMA_OFF and _finite(meas.get("threshold")) == float(GAMMA_OFF):
-        v = _finite(meas.get("fraction_clamped"))
+    v = finite(t.get("fraction_clamped"))
+    if v is None and threshold == GAMMA_OFF and finite(meas.get("threshold")) == float(GAMMA_OFF):
+        v = finite(meas.get("fraction_clamped"))
     if v is not None:
         return {"value": v, "source": "record"}
     num = den = 0.0
@@ -126,7 +129,7 @@ def gamma_below(rec: dict, threshold: str = GAMMA_OFF) -> Optional[dict]:
     for r in rec.get("inventory", []):
         if r.get("type") != "batchnorm":
             continue
-        f = _finite(sc.get(r["name"], {}).get(f"gamma_below_{threshold}"))
+        f = finite(sc.get(r["name"], {}).get(f"gamma_below_{threshold}"))
         n = (r.get("weight_shape") or [0])[0]
         if f is None or not n:
             continue
@@ -141,7 +144,7 @@ def training_history(extra: dict) -> Optional[dict]:
     gamma: {threshold: [...]}, banding: {layer: [...]}, symmetry: {layer: [...]}, layers: [conv layers]}``
     (x = epochs of training done: 0, 0.125, 0.25, 0.5, 1, 2, ...). None for a run without history; runs
     made before the weight metrics existed give only accuracy and loss (their metric series are empty)."""
-    rows = [r for r in extra.get("history") or [] if isinstance(r, dict) and _finite(r.get("epoch")) is not None]
+    rows = [r for r in extra.get("history") or [] if isinstance(r, dict) and finite(r.get("epoch")) is not None]
     if not rows:
         return None
     rows.sort(key=lambda r: r["epoch"])
@@ -155,12 +158,12 @@ def training_history(extra: dict) -> Optional[dict]:
             for k in (r.get("metrics") or {}).get(metric) or {}:
                 if k not in keys:
                     keys.append(k)
-        return {k: series(lambda r, k=k: _finite(((r.get("metrics") or {}).get(metric) or {}).get(k))) for k in keys}
+        return {k: series(lambda r, k=k: finite(((r.get("metrics") or {}).get(metric) or {}).get(k))) for k in keys}
 
-    dead = series(lambda r: _finite(r.get("dead_relu")))
+    dead = series(lambda r: finite(r.get("dead_relu")))
     banding = keyed("banding")
-    return {"epoch": series(lambda r: r["epoch"]), "test_accuracy": series(lambda r: _finite(r.get("test_accuracy"))),
-            "train_loss": series(lambda r: _finite(r.get("train_loss"))),
+    return {"epoch": series(lambda r: r["epoch"]), "test_accuracy": series(lambda r: finite(r.get("test_accuracy"))),
+            "train_loss": series(lambda r: finite(r.get("train_loss"))),
             "dead_relu": dead if any(v is not None for v in dead) else None,
             "gamma": keyed("gamma"), "banding": banding, "symmetry": keyed("symmetry"), "layers": list(banding)}
 
@@ -186,7 +189,7 @@ def variant_row(experiment: str, variant: str, rec: dict) -> dict:
         "device": extra.get("device"), "command": extra.get("command"), "created": extra.get("created"),
         "trainable": trainable.get("rule") if isinstance(trainable, dict) else trainable,
         "input_transform": transform.get("name") if isinstance(transform, dict) else transform,
-        "accuracy": _finite(extra.get("final_test_accuracy", spec.get("accuracy"))),
+        "accuracy": finite(extra.get("final_test_accuracy", spec.get("accuracy"))),
         "banding": [{"layer": p["layer"], "value": p["value"]} for p in prof["banding"][-2:]],
         "gamma_below_0.01": gamma_below(rec),
         "gamma_clamp": None if not isinstance(clamp, dict) else {
@@ -213,7 +216,7 @@ def list_experiments(ex: Explorer) -> dict:
     rows = []
     for name in names:
         variants = _ordered(name, found[name])
-        accs = {v: _finite(_extra(found[name][v]).get("final_test_accuracy")) for v in variants}
+        accs = {v: finite(_extra(found[name][v]).get("final_test_accuracy")) for v in variants}
         rows.append({**_info(name), "variants": variants, "models": [found[name][v].get("name") for v in variants],
                      "accuracy": accs,
                      "not_at_plateau": [v for v in variants if v != RANDOM and

@@ -1,5 +1,5 @@
 """What the zoo shows, ranked: one pure function over the cached model records (and, for the colour axis,
-one SVD result per model). No I/O, no HTTP: :meth:`server.data.Explorer.findings` gathers the inputs, the
+one SVD result per model). No I/O, no HTTP: :meth:`server.explorer.Explorer.findings_blob` gathers the inputs, the
 routes serve the output. The measurements are those of ``benchmarks/findings.py`` (RESULTS.md quotes them):
 
 - **banding**: every layer with a banding index (NMF), ranked by the index (+1 horizontal stripes);

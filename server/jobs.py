@@ -30,7 +30,7 @@ from precompute.jobs import INCOMING, EmbeddedWorker, JobError, check_job_id, li
 from precompute.redact import redact
 from precompute.settings import Settings
 
-from .data import BadRequest, ExplorerError, NotFound
+from .errors import BadRequest, ExplorerError, NotFound, TooLarge
 
 #: a declared architecture ("resnet20") or a library's ("timm:resnet50", "torchvision:resnet50")
 ARCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}(?::[A-Za-z0-9][A-Za-z0-9_.-]{0,119})?$")
@@ -43,10 +43,6 @@ SLACK = 64 * 1024
 FIELD_MAX = 4096
 #: most parts in one upload form (it has four: file, arch, name, dataset)
 PARTS_MAX = 16
-
-
-class TooLarge(ExplorerError):
-    status = 413
 
 
 # ---- architectures ---------------------------------------------------------------------------------

@@ -22,7 +22,10 @@ from fastapi.templating import Jinja2Templates
 from precompute.declarations import limits
 
 from .api import HTML, send
-from .data import LRU, Blob, Explorer, ExplorerError, NotFound, nearest
+from . import views
+from .blobs import LRU, Blob
+from .errors import ExplorerError, NotFound, nearest
+from .explorer import Explorer
 from .experiments import experiment_detail, list_experiments
 from .jobs import get_job, public_job, recent_jobs, worker_status
 
@@ -140,7 +143,7 @@ def people_error(ex: Explorer, path: str, status: int, message: str, known: Opti
         layer = segs[3] if len(segs) >= 4 and segs[2] == "layers" else None
         neuron = segs[5] if layer is not None and len(segs) >= 6 and segs[4] == "neurons" else None
         try:
-            g = ex.gone(model, layer, neuron)
+            g = views.gone(ex, model, layer, neuron)
         except ExplorerError:
             g = None
         if g is not None:
@@ -214,7 +217,7 @@ def model_group(m: dict) -> str:
 # (and the fast path in front of FastAPI, server/api.py) serve them through a PageCache, so a page is
 # rendered once per state of the records it shows, not once per request.
 def home_view(ex: Explorer) -> tuple[str, dict]:
-    models = ex.list_models()
+    models = views.list_models(ex)
     for m in models:
         rec = ex.record(m["name"])
         m["variant"] = ((rec.get("spec") or {}).get("extra") or {}).get("variant")
@@ -243,16 +246,16 @@ def findings_view(ex: Explorer) -> tuple[str, dict]:
 
 
 def model_view(ex: Explorer, model: str) -> tuple[str, dict]:
-    detail = ex.model_detail(model)
+    detail = views.model_detail(ex, model)
     return "model.html", dict(title=f"{model} · convscope", m=detail,
                               crumbs=[{"label": "Models", "url": "/"}, {"label": model}],
                               boot={"page": "model", "model": model, "api": f"/api/models/{model}"})
 
 
 def layer_view(ex: Explorer, model: str, layer: str, overlay: Optional[str]) -> tuple[str, dict]:
-    ctx = ex.layer_context(model, layer)
-    summary = ex.model_detail(model)["summary"]
-    overlay_ok, overlay_gone = ex.check_pairs(overlay, "histogram")
+    ctx = views.layer_context(ex, model, layer)
+    summary = views.model_detail(ex, model)["summary"]
+    overlay_ok, overlay_gone = views.check_pairs(ex, overlay, "histogram")
     label = f"{ctx['human']} ({layer})" if ctx.get("human") else layer
     return "layer.html", dict(title=f"{ctx.get('human') or layer} · {model} · convscope", c=ctx, summary=summary,
                               crumbs=[{"label": "Models", "url": "/"}, {"label": model, "url": f"/models/{model}"},
@@ -263,20 +266,20 @@ def layer_view(ex: Explorer, model: str, layer: str, overlay: Optional[str]) -> 
 
 def neuron_view(ex: Explorer, model: str, layer: str, neuron: str) -> tuple[str, dict]:
     _, row = ex.row(model, layer)
-    i = ex.neuron_index(model, layer, row, neuron)  # the API's rule: 422 not an index, 404 out of range
-    data = ex.neuron(model, layer, i)
+    i = views.neuron_index(model, layer, row, neuron)  # the API's rule: 422 not an index, 404 out of range
+    data = views.neuron(ex, model, layer, i)
     data["human"] = ex.human_names(model).get(layer)
     return "neuron.html", dict(title=f"neuron {i} · {layer} · {model} · convscope", d=data,
                                crumbs=[{"label": "Models", "url": "/"}, {"label": model, "url": f"/models/{model}"},
                                        {"label": layer, "url": f"/models/{model}/layers/{layer}"},
                                        {"label": f"neuron {i}"}],
                                boot={"page": "neuron", "model": model, "layer": layer, "neuron": i,
-                                     "context": ex.layer_context(model, layer)})
+                                     "context": views.layer_context(ex, model, layer)})
 
 
 def compare_view(ex: Explorer, pairs: Optional[str]) -> tuple[str, dict]:
-    models = ex.list_models()
-    ok, gone = ex.check_pairs(pairs, "nmf")
+    models = views.list_models(ex)
+    ok, gone = views.check_pairs(ex, pairs, "nmf")
     return "compare.html", dict(title="compare · convscope", crumbs=[{"label": "Compare"}],
                                 boot={"page": "compare", "models": [m["name"] for m in models],
                                       "pairs_given": pairs is not None, "pairs_ok": ok, "pairs_gone": gone})

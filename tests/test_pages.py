@@ -258,7 +258,7 @@ def test_a_page_missed_by_many_clients_at_once_is_rendered_once(srv_settings, sr
     for that render (the findings page: the slowest to render)."""
     import threading
 
-    from server.data import Explorer
+    from server.explorer import Explorer
     from server.pages import PageCache
 
     ex, pages = Explorer(srv_settings), PageCache()
