@@ -388,12 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--compact", action="store_true")
     sh.set_defaults(func=cmd_show)
 
-    ad = sub.add_parser("add", help="register a checkpoint of yours")
-    ad.add_argument("path")
-    ad.add_argument("--arch", required=True)
+    ad = sub.add_parser("add", help="register a checkpoint, ONNX or Keras file of yours")
+    ad.add_argument("path", help="a checkpoint (.safetensors, .pt, .pth, .th) or a file with its graph "
+                                 "(.onnx, .h5, .keras)")
+    ad.add_argument("--arch", help="the checkpoint's architecture (`convscope zoo list`, torchvision:NAME, "
+                                   "timm:NAME); leave it out for .onnx / .h5 / .keras files (or give onnx / "
+                                   "keras); `none` analyses a checkpoint's weights without its graph (every 4-d "
+                                   "tensor a conv; the SVD between layers and the padding flags need the graph)")
     ad.add_argument("--name", required=True)
     ad.add_argument("--dataset", default="unknown")
-    ad.add_argument("--input-size", help="C,H,W (default: the architecture's)")
+    ad.add_argument("--input-size", help="C,H,W (default: the architecture's; for ONNX the graph input's, "
+                                         "224x224 where it is dynamic)")
     ad.set_defaults(func=cmd_add)
 
     rm = sub.add_parser("remove", help="unregister a model added with `add`")

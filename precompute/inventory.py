@@ -30,23 +30,31 @@ def _is_tf_same(m: nn.Module) -> bool:
     return "Same" in type(m).__name__
 
 
-def consumed_padding(size: int, k: int, s: int, d: int, p: int, tf_same: bool = False) -> tuple[int, int]:
+def consumed_padding(size: int, k: int, s: int, d: int, p: int, tf_same: bool = False,
+                     p_end: Optional[int] = None) -> tuple[int, int]:
     """Padding rows actually used at the start and at the end of one axis.
 
     With symmetric padding ``p``, a strided conv may stop before reaching the end padding: e.g.
     size 224, k 3, s 2, p 1 uses the top/left padding only ("Mind the pad", Alsallakh et al. 2021).
-    TF "same" padding puts the odd extra row at the end instead.
+    TF "same" padding puts the odd extra row at the end instead. ``p_end`` (default ``p``) is the
+    declared end padding of an asymmetric pad (ONNX ``pads``, a Pad op before the conv).
     """
     eff_k = d * (k - 1) + 1
     if tf_same:
         out = -(-size // s)
         total = max((out - 1) * s + eff_k - size, 0)
         return total // 2, total - total // 2
-    out = (size + 2 * p - eff_k) // s + 1
+    p_end = p if p_end is None else p_end
+    out = (size + p + p_end - eff_k) // s + 1
     span = (out - 1) * s + eff_k  # rows touched, starting at -p
-    end_used = max(0, min(p, span - p - size))
+    end_used = max(0, min(p_end, span - p - size))
     start_used = min(p, span)
     return start_used, end_used
+
+
+def tf_same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow "same" padding of one axis (start, end): the odd extra row at the end."""
+    return consumed_padding(size, k, s, d, 0, tf_same=True)
 
 
 def inventory(module: nn.Module, input_size: Sequence[int], device: str | torch.device = "cpu") -> list[dict]:
@@ -106,7 +114,9 @@ def inventory(module: nn.Module, input_size: Sequence[int], device: str | torch.
             top, bottom = consumed_padding(H, k[0], s[0], d[0], p[0], tf_same)
             left, right = consumed_padding(W, k[1], s[1], d[1], p[1], tf_same)
             row.update(type="conv", in_channels=m.in_channels, out_channels=m.out_channels, kernel=k, stride=s,
-                       padding=[top, left] if tf_same else p, dilation=d, groups=m.groups,
+                       padding=[top, left] if tf_same else p,
+                       pads=[top, left, bottom, right] if tf_same else [p[0], p[1], p[0], p[1]],
+                       dilation=d, groups=m.groups,
                        padding_mode="tf-same" if tf_same else m.padding_mode,
                        depthwise=m.groups > 1 and m.groups == m.in_channels and m.out_channels % m.groups == 0,
                        input_size=[H, W], output_size=[out_shape[2], out_shape[3]],

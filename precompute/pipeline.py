@@ -15,9 +15,10 @@ import torch
 from .analyses import ANALYSES, ModelContext
 from .cache import Cache, CorruptEntry, ResultKey
 from .devices import resolve_device
+from .graphs import is_graph_spec, load_graph
 from .inventory import inventory
 from .settings import Settings, get_settings
-from .zoo import ModelError, get_spec, load_model
+from .zoo import LoadedModel, ModelError, get_spec, load_model, state_dict_sha256
 
 #: progress(fraction in [0, 1], message) for job runners; the CLI shows a tqdm bar instead
 Progress = Callable[[float, str], None]
@@ -54,15 +55,26 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
     t0 = time.perf_counter()
     report = progress or (lambda f, m: None)
     report(0.0, f"loading {name}")
-    loaded = load_model(get_spec(name, settings), settings)
-    module = loaded.module.to(dev)
-    rows = inventory(module, loaded.spec.input_size, dev)
+    spec = get_spec(name, settings)
+    skipped: dict[str, str] = {}
+    if is_graph_spec(spec):  # ONNX / Keras / bare weights: the rows come from the file, nothing is run
+        graph, file_sha = load_graph(spec, settings)
+        loaded = LoadedModel(spec, graph.module, state_dict_sha256(graph.module), file_sha)
+        module, rows = graph.module.to(dev), graph.inventory
+        if not graph.graph:
+            skipped = needs_architecture(chosen, spec)
+    else:
+        loaded = load_model(spec, settings)
+        module = loaded.module.to(dev)
+        rows = inventory(module, loaded.spec.input_size, dev)
     ctx = ModelContext(name=name, module=module, inventory=rows, weights_sha256=loaded.weights_sha256, device=dev)
 
     record = {
         "name": name, "spec": loaded.spec.public(), "weights_sha256": loaded.weights_sha256,
         "file_sha256": loaded.file_sha256, "inventory": rows, "analyses": {}, "scalars": {}, "errors": {},
         "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # analyses (and flags) that need the graph a bare-weights file does not have: {what: how to give it}
+        "skipped": skipped,
     }
 
     iterator = chosen
@@ -109,6 +121,18 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
         cache.put_model(name, record)
     report(1.0, f"{name}: {record['status']}")
     return record
+
+
+def needs_architecture(chosen: list, spec) -> dict[str, str]:
+    """What cannot be computed for weights without a graph, with how to give the architecture: the
+    analyses that declare ``needs_graph`` and the padding flags of the symmetry profile."""
+    how = (f"needs the architecture: add the file again with it, e.g. `convscope add FILE --arch ARCH "
+           f"--name {spec.name}-arch` (ARCH one of `convscope zoo list`'s, torchvision:NAME or timm:NAME), or "
+           f"export the model to ONNX (torch.onnx.export) and add the .onnx file")
+    out = {a.name: f"{a.needs_graph}: {how}" for a in chosen if a.needs_graph}
+    if any(a.name == "symmetry" for a in chosen):
+        out["padding"] = f"strides and padding (the uneven-padding flags of the symmetry profile): {how}"
+    return out
 
 
 def _safe_model(cache: Cache, name: str):

@@ -182,13 +182,21 @@ def check_expansion(path: Path, kind: str, max_expansion: float) -> None:
     zeros declares 1 GiB). ``torch.save`` does not compress, so real checkpoints declare about 1x."""
     size = path.stat().st_size
     declared, what = _declared_bytes(path, kind, size)
+    refuse_expansion(path, declared, what, max_expansion)
+
+
+def refuse_expansion(path: Path, declared: int, what: str, max_expansion: float, fix: Optional[str] = None) -> None:
+    """The rule of :func:`check_expansion` for ``declared`` bytes counted by the caller (e.g. the tensors
+    of an ONNX graph, the weights of a Keras file): more than ``max_expansion`` x the file + 1 MiB is refused."""
+    size = path.stat().st_size
     limit = int(size * max_expansion) + (1 << 20)
     if declared > limit:
         raise ModelError(
             f"refused to load {path}: {what} {declared} bytes unpacked, {declared / max(size, 1):.0f} times its "
             f"{size} bytes on disk (at most {max_expansion:g}x + 1 MiB is read: CONVSCOPE_MAX_CHECKPOINT_EXPANSION). "
-            f"That is a decompression bomb or a compressed archive; torch.save writes uncompressed archives: "
-            f"save the state dict with torch.save(model.state_dict(), path) or as safetensors")
+            f"That is a decompression bomb or a compressed archive; " + (fix or
+            "torch.save writes uncompressed archives: save the state dict with torch.save(model.state_dict(), path) "
+            "or as safetensors"))
 
 
 def read_checkpoint(path: Path, max_expansion: Optional[float] = None) -> Any:
@@ -638,5 +646,5 @@ class Variant(WeightSource):
 __all__ = [
     "READY", "NEEDS_DOWNLOAD", "MISSING", "USER_EXTENSIONS", "WeightSource", "LocalFile", "Url",
     "ZooDirOrUrl", "PypiWheel", "Seeded", "Variant", "sha256_file", "read_checkpoint",
-    "check_expansion", "unwrap_state_dict", "default_convert", "map_by_position", "load_state_dict_strict",
+    "check_expansion", "refuse_expansion", "unwrap_state_dict", "default_convert", "map_by_position", "load_state_dict_strict",
 ]

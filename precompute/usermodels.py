@@ -21,6 +21,7 @@ from .declarations.limits import UPLOAD_EXTENSIONS
 from .declarations.specs import ModelSpec
 from .errors import ModelError
 from .experiments.records import variant_specs
+from .graphs import FORMATS, format_for, read_graph
 from .locks import file_lock
 from .models import MODELS
 from .names import InvalidName, check_model_name
@@ -52,7 +53,8 @@ def _user_path(settings: Settings, stored: str) -> Path:
 
 
 def _entry_spec(e: dict, settings: Settings) -> ModelSpec:
-    size = e.get("input_size") or default_input_size(e["arch"]) or (3, 224, 224)
+    # a graph file's entry keeps the size its sizes were computed at (none for bare weights)
+    size = e.get("input_size") or (None if e["arch"] in FORMATS else default_input_size(e["arch"])) or (3, 224, 224)
     return ModelSpec(
         name=e["name"], arch=e["arch"], source=LocalFile(_user_path(settings, e["path"]), e.get("sha256")),
         dataset=e.get("dataset", "unknown"), input_size=tuple(size), family="user",
@@ -72,7 +74,7 @@ def user_specs(settings: Settings) -> list[ModelSpec]:
             check_model_name(e.get("name"))
         except InvalidName:
             continue
-        if e.get("arch") in ARCHITECTURES and isinstance(e.get("path"), str):
+        if (e.get("arch") in ARCHITECTURES or e.get("arch") in FORMATS) and isinstance(e.get("path"), str):
             out.append(_entry_spec(e, settings))
     return out
 
@@ -88,24 +90,31 @@ def _safe_basename(name: str) -> str:
     return stem[:100] + suffix.lower()
 
 
-def add_user_model(path, arch: str, name: str, settings: Settings, dataset: str = "unknown",
+def add_user_model(path, arch: Optional[str], name: str, settings: Settings, dataset: str = "unknown",
                    input_size: Optional[tuple[int, int, int]] = None) -> ModelSpec:
-    """Register a user's checkpoint as model ``name``; every problem raises ModelError.
+    """Register a user's checkpoint or graph file as model ``name``; every problem raises ModelError.
 
     The name is validated, must be new, the architecture known, the extension one of
     :data:`UPLOAD_EXTENSIONS`; the file is loaded once into the architecture (so a mismatch fails now,
     with the missing and unexpected keys), copied to ``<uploads>/<name>/<basename>``, and the entry
     written atomically to ``settings.user_models_file``.
+
+    ``arch`` empty (None) for a file that carries its graph (``.onnx``, ``.h5``, ``.keras``), or a format
+    name (``onnx``, ``keras``, ``none`` for weights alone): the file is read as that format
+    (:mod:`precompute.graphs`) instead, and the entry keeps the format as its arch and the input size the
+    sizes were computed at.
     """
     try:
         check_model_name(name)
     except InvalidName as e:
         raise ModelError(str(e)) from None
-    try:
-        ARCHITECTURES.get(arch)
-    except UnknownName as e:
-        raise ModelError(str(e)) from None
     path = Path(path)
+    fmt = format_for(path, arch)
+    if fmt is None:
+        try:
+            ARCHITECTURES.get(arch)
+        except UnknownName as e:
+            raise ModelError(str(e)) from None
     if path.suffix.lower() not in UPLOAD_EXTENSIONS:
         raise ModelError(f"unsupported checkpoint extension {path.suffix or '(none)'!r} for {path}: "
                          f"use one of {', '.join(UPLOAD_EXTENSIONS)}")
@@ -121,9 +130,14 @@ def add_user_model(path, arch: str, name: str, settings: Settings, dataset: str 
         if name in _taken_names(settings):
             raise ModelError(f"a model named {name!r} already exists; choose another name")
         sha = sha256_file(path)
-        probe = ModelSpec(name=name, arch=arch, source=LocalFile(path, sha), dataset=dataset,
-                          input_size=input_size or (3, 224, 224), family="user")
-        probe.source.load_into(build(arch), probe, settings)
+        if fmt is not None:  # read the graph now, so an unsupported op or a hostile file fails here
+            arch = fmt
+            input_size = read_graph(path, fmt, input_size, settings.max_checkpoint_expansion).input_size \
+                or input_size
+        else:
+            probe = ModelSpec(name=name, arch=arch, source=LocalFile(path, sha), dataset=dataset,
+                              input_size=input_size or (3, 224, 224), family="user")
+            probe.source.load_into(build(arch), probe, settings)
 
         dest_dir = settings.uploads / name
         dest_dir.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,10 @@ class Analysis:
     #: torch threads while it runs on the CPU: the analyses are many small tensor operations, whose thread
     #: start-up and barrier costs dominate with more than one (see nmf_core.cpu_threads); 0 keeps torch's
     threads: ClassVar[int] = 1
+    #: what of the model's graph the analysis needs beyond the weights (e.g. which conv feeds which), in
+    #: words; "" when the weights alone do. A model read from bare weights (``--arch none``) lists the
+    #: analyses with one in its record's ``skipped``, with how to give the architecture.
+    needs_graph: ClassVar[str] = ""
 
     def params(self, **overrides) -> BaseModel:
         """Validated parameters (defaults filled in); raises pydantic.ValidationError on bad values."""

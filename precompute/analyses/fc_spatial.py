@@ -21,6 +21,7 @@ class FCSpatial(Analysis):
     name = "fc-spatial"
     description = "Mean |w| per input position (y, x) of a fully connected layer that follows a flatten."
     Params = FCSpatialParams
+    needs_graph = "which linear layer follows a flatten, and of what map size"
 
     def applies(self, row: dict) -> bool:
         return row.get("type") == "linear" and bool(row.get("flatten_from"))

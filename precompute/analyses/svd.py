@@ -174,6 +174,7 @@ class SVD(Analysis):
     description = ("SVD (and centred PCA) of |W| summed over kernel positions between a layer and the conv "
                    "that feeds it; coordinates of both layers' neurons on the leading singular vectors.")
     Params = SVDParams
+    needs_graph = "which conv feeds which (the SVD between a layer and its feeder)"
 
     def applies(self, row: dict) -> bool:
         """Conv (not depthwise) or linear layers fed by a conv."""

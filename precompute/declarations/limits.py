@@ -15,9 +15,41 @@ CLUSTER_K_DEFAULT = 8
 #: /api/clusters takes, and the pages show, at most this many (model, layer) pairs at once
 MAX_CLUSTER_PAIRS = 16
 
-#: file extensions accepted for user checkpoints (uploads and ``convscope add``); safetensors, or a torch
-#: file read with weights_only (no pickled code)
-UPLOAD_EXTENSIONS = (".safetensors", ".pt", ".pth", ".th")
+#: file extensions of torch checkpoints: safetensors, or a torch file read with weights_only (no pickled code)
+CHECKPOINT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".th")
+
+#: files analysed without an architecture in code (precompute/graphs/): the ``--arch`` value of each format
+#: (also an upload's arch; empty means "the one the extension says") -> (its extensions, picked by extension
+#: alone). "none": weights without a graph, only by name.
+FILE_FORMATS = {
+    "onnx": ((".onnx",), True),
+    "keras": ((".h5", ".keras"), True),
+    "none": (CHECKPOINT_EXTENSIONS, False),
+}
+
+#: file extensions accepted for user models (uploads and ``convscope add``): checkpoints and graph files
+UPLOAD_EXTENSIONS = CHECKPOINT_EXTENSIONS + tuple(
+    e for exts, _ in FILE_FORMATS.values() for e in exts if e not in CHECKPOINT_EXTENSIONS)
+
+
+def file_format(arch: str, filename: str) -> str | None:
+    """The graph-file format an upload or ``convscope add`` names: ``arch`` itself when it is one
+    (``onnx``, ``keras``, ``none``), the format the extension says when ``arch`` is empty, else None (an
+    architecture in code). ValueError when the two disagree."""
+    suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    if arch in FILE_FORMATS:
+        exts = FILE_FORMATS[arch][0]
+        if suffix not in exts:
+            raise ValueError(f"arch {arch!r} reads {', '.join(exts)} files; got {filename[:100]!r}")
+        return arch
+    by_ext = next((f for f, (exts, auto) in FILE_FORMATS.items() if auto and suffix in exts), None)
+    if by_ext and arch:
+        raise ValueError(f"a {suffix} file carries its graph: leave the architecture empty (or give {by_ext!r}), "
+                         f"not {arch[:100]!r}")
+    if not arch and not by_ext:
+        raise ValueError(f"a {suffix or 'file without extension'} file does not carry its graph: name its "
+                         f"architecture (or 'none' for the analyses of the weights alone)")
+    return by_ext
 
 #: what a job does: precompute a model, register and precompute an uploaded checkpoint, train variants
 JOB_KINDS = ("precompute", "upload", "train")

@@ -1,0 +1,279 @@
+"""Models from files that carry their graph (ONNX) or from weights alone (``--arch none``): zoo models exported
+to ONNX here give the same inventory rows and the same analyses as the PyTorch original; a real third-party
+ONNX CNN (PaddleOCR's direction classifier, shipped inside the rapidocr-onnxruntime wheel) goes through
+``convscope add`` to a precomputed record; hostile files are refused before anything is allocated."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from precompute.analyses import ANALYSES, ModelContext
+from precompute.architectures import build
+from precompute.cache import Cache
+from precompute.errors import ModelError
+from precompute.graphs import FORMATS, read_graph
+from precompute.inventory import consumed_padding, inventory
+from precompute.pipeline import precompute_model
+from precompute.settings import Settings
+from precompute.sources import PypiWheel
+from precompute.usermodels import add_user_model
+
+#: (arch, kwargs, input size): chains, residual blocks with option-A shortcuts and stride-2 convs on even
+#: sizes (uneven padding), a flatten head, grouped convs with reflection padding, an odd input size
+EXPORTS = [
+    ("resnet20", {}, (3, 32, 32)),
+    ("cifar10-cnn", {}, (3, 32, 32)),
+    ("banding-net", {"head": "flatten"}, (1, 28, 28)),
+    ("cifar-resnet", {"padding_mode": "reflect", "groups": 2, "depth": 8}, (3, 32, 32)),
+    ("cifar-resnet", {"depth": 8}, (3, 33, 33)),
+]
+
+
+def export(module: torch.nn.Module, size, path):
+    """The legacy exporter keeps BatchNorm apart from the conv (PRESERVE) and folds constant shape
+    arithmetic, as most published exports do."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), torch.zeros(1, *size), str(path), dynamo=False,
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
+    return path
+
+
+def context(name, module, rows):
+    return ModelContext(name=name, module=module, inventory=rows, weights_sha256="-", device=torch.device("cpu"))
+
+
+def analyse(ctx, analysis):
+    a = ANALYSES.get(analysis)
+    return a.run(ctx, [r for r in ctx.inventory if a.applies(r)], a.params())
+
+
+@pytest.mark.parametrize("arch,kw,size", EXPORTS, ids=[f"{a}-{'-'.join(map(str, s))}{'-' + '-'.join(map(str, k.values())) if k else ''}"
+                                                        for a, k, s in EXPORTS])
+def test_an_onnx_export_reads_as_the_original(arch, kw, size, tmp_path):
+    torch.manual_seed(1)
+    original = build(arch, **kw).eval()
+    graph = read_graph(export(original, size, tmp_path / "m.onnx"), "onnx", None, 2.0)
+    assert graph.input_size == size  # the graph's own static input
+    want = inventory(original, size)
+    got = graph.inventory
+    assert [r["name"] for r in got] == [r["name"] for r in want]
+    for a, b in zip(want, got):
+        same = {k: v for k, v in a.items() if k != "class"}
+        assert {k: b.get(k) for k in same} == same, a["name"]
+    mods = dict(original.named_modules())
+    for r in got:
+        assert torch.equal(graph.module.get_submodule(r["name"]).weight, mods[r["name"]].weight.float())
+
+    torch_ctx, onnx_ctx = context("t", original, want), context("o", graph.module, got)
+    for analysis, key in (("symmetry", "score"), ("nmf", "banding_index")):
+        ref, res = analyse(torch_ctx, analysis), analyse(onnx_ctx, analysis)
+        assert ref.keys() == res.keys() and ref
+        for layer in ref:
+            assert res[layer][key] == pytest.approx(ref[layer][key], abs=1e-4), (analysis, layer)
+    ref, res = analyse(torch_ctx, "svd"), analyse(onnx_ctx, "svd")
+    assert ref.keys() == res.keys() and ref
+    for layer in ref:
+        assert res[layer]["feeder"] == ref[layer]["feeder"]
+        assert np.allclose(res[layer]["singular_values"], ref[layer]["singular_values"], rtol=1e-4)
+
+
+def test_uneven_padding_of_a_stride_2_conv_is_seen(tmp_path):
+    """ResNet-20's first stride-2 conv (3x3, pad 1, on 32x32) uses only its top/left padding."""
+    graph = read_graph(export(build("resnet20"), (3, 32, 32), tmp_path / "r.onnx"), "onnx", None, 2.0)
+    row = {r["name"]: r for r in graph.inventory}["layer2.0.conv1"]
+    assert row["stride"] == [2, 2] and row["pads"] == [1, 1, 1, 1] and row["uneven_padding"]
+    assert row["uneven_detail"] == {"top": 1, "bottom": 0, "left": 1, "right": 0}
+    assert row["feeds_from"] == "layer1.2.conv2"
+
+
+def test_asymmetric_pads_and_a_pad_op_are_read_as_such(tmp_path):
+    """Explicit asymmetric ``pads`` (what TF-'same' exports write) and a Pad op before the conv (its pads add
+    to the conv's); both flagged by the symmetry analysis' uneven padding, with the rows actually used."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "stem.weight")
+    w2 = numpy_helper.from_array(rng.normal(size=(5, 4, 3, 3)).astype(np.float32), "body.weight")
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 0, 1, 1], np.int64), "pads")
+    nodes = [helper.make_node("Conv", ["x", "stem.weight"], ["a"], strides=[2, 2], pads=[0, 0, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Pad", ["b", "pads"], ["c"], mode="reflect"),
+             helper.make_node("Conv", ["c", "body.weight"], ["y"], strides=[1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2, pads])
+    path = tmp_path / "asym.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    rows = {r["name"]: r for r in read_graph(path, "onnx", (3, 16, 16), 2.0).inventory}
+    stem, body = rows["stem"], rows["body"]
+    assert stem["pads"] == [0, 0, 1, 1] and stem["uneven_padding"] and stem["output_size"] == [8, 8]
+    assert stem["uneven_detail"] == {"top": 0, "bottom": 1, "left": 0, "right": 1}
+    assert consumed_padding(16, 3, 2, 1, 0, p_end=1) == (0, 1)
+    assert body["pads"] == [1, 0, 1, 1] and body["padding_mode"] == "reflect" and body["input_size"] == [8, 8]
+    assert body["uneven_detail"] == {"top": 1, "bottom": 1, "left": 0, "right": 1} and body["uneven_padding"]
+    assert body["feeds_from"] == "stem"
+    sym = analyse(context("m", read_graph(path, "onnx", (3, 16, 16), 2.0).module, list(rows.values())), "symmetry")
+    assert sym["stem"]["uneven_padding"] and sym["stem"]["strided"]
+
+
+def test_add_and_precompute_an_onnx_file(tmp_settings, tmp_path):
+    """``convscope add model.onnx --name x`` (no --arch) registers it; precompute gives a complete record."""
+    path = export(build("resnet20"), (3, 32, 32), tmp_path / "r20.onnx")
+    spec = add_user_model(path, None, "r20-onnx", tmp_settings)
+    assert spec.arch == "onnx" and spec.input_size == (3, 32, 32)
+    entry = json.loads(tmp_settings.user_models_file.read_text())[0]
+    assert entry["arch"] == "onnx" and entry["input_size"] == [3, 32, 32] and entry["path"] == "r20-onnx/r20.onnx"
+    record = precompute_model("r20-onnx", tmp_settings, analyses=["symmetry", "svd", "batchnorm"], device="cpu")
+    assert record["status"] == "done" and not record["errors"] and record["skipped"] == {}
+    assert len(record["analyses"]["svd"]["layers"]) == 19  # 18 convs with a feeder + the linear layer
+    assert Cache(tmp_settings.cache).get_model("r20-onnx")["inventory"] == record["inventory"]
+
+
+RAPIDOCR = PypiWheel("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                     "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c")
+
+
+@pytest.fixture(scope="module")
+def paddle_cls(tmp_path_factory):
+    """PaddleOCR's text-direction classifier (a MobileNetV3, exported by paddle2onnx), out of the wheel."""
+    store = Path(os.environ.get("CONVSCOPE_TEST_STORE", Path.home() / ".cache" / "convscope-test-store"))
+    settings = Settings(data_dir=tmp_path_factory.mktemp("rapidocr"), store_dir=store)
+    try:
+        return RAPIDOCR.fetch(settings)
+    except ModelError as e:
+        pytest.skip(f"rapidocr-onnxruntime==1.4.4 wheel missing and not downloadable here: {e}")
+
+
+@pytest.mark.slow
+def test_a_third_party_onnx_cnn_goes_through(paddle_cls, tmp_settings):
+    spec = add_user_model(paddle_cls, "onnx", "paddle-cls", tmp_settings, input_size=(3, 48, 192))
+    assert spec.input_size == (3, 48, 192)
+    record = precompute_model("paddle-cls", tmp_settings, device="cpu",
+                              analyses=["symmetry", "nmf", "svd", "batchnorm", "histogram", "kernels"])
+    assert record["status"] == "done", record["errors"]
+    rows = record["inventory"]
+    convs = [r for r in rows if r["type"] == "conv"]
+    assert len(convs) == 53 and sum(r["type"] == "batchnorm" for r in rows) == 35
+    assert sum(r["type"] == "linear" for r in rows) == 1  # the MatMul classifier
+    assert convs[0]["name"] == "conv1" and convs[0]["stride"] == [2, 2] and convs[0]["output_size"] == [24, 96]
+    assert any(r["depthwise"] for r in convs)
+    assert sum(bool(r["feeds_from"]) for r in convs) >= 45  # the SE blocks' 1x1 convs read pooled maps
+    assert any(r["uneven_padding"] for r in convs)  # stride 2 on even sizes
+    assert record["analyses"]["nmf"]["layers"] and record["scalars"]
+
+
+def test_weights_alone(tmp_settings, tmp_path):
+    """``--arch none`` on a safetensors file: convs and BatchNorms in order, the weight analyses as on the
+    original, the graph ones listed as needing the architecture."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    original = build("resnet20").eval()
+    path = tmp_path / "r20.safetensors"
+    save_file(original.state_dict(), str(path))
+    spec = add_user_model(path, "none", "r20-bare", tmp_settings)
+    assert spec.arch == "none"
+    record = precompute_model("r20-bare", tmp_settings, device="cpu",
+                              analyses=["symmetry", "nmf", "svd", "batchnorm", "histogram"])
+    assert record["status"] == "done"
+    assert set(record["skipped"]) == {"svd", "padding"} and "--arch" in record["skipped"]["svd"]
+    rows = {r["name"]: r for r in record["inventory"]}
+    want = {r["name"]: r for r in inventory(original, (3, 32, 32))}
+    assert list(rows) == list(want)  # natural order of the names = execution order here
+    assert all(rows[n]["follows"] == want[n]["follows"] for n in rows if rows[n]["type"] == "batchnorm")
+    assert rows["layer2.0.conv1"]["stride"] is None and rows["layer2.0.conv1"]["feeds_from"] is None
+    assert record["analyses"]["svd"]["layers"] == []
+    ref = analyse(context("t", original, list(want.values())), "symmetry")
+    for layer, res in ref.items():
+        assert record["scalars"][layer]["symmetry"] == pytest.approx(res["score"], abs=1e-6)
+    assert set(record["analyses"]["batchnorm"]["layers"]) == {n for n, r in want.items() if r["type"] == "batchnorm"}
+
+
+def test_weights_alone_from_a_torch_file_keep_its_order(tmp_path):
+    sd = build("cifar10-cnn").state_dict()
+    path = tmp_path / "cnn.pt"
+    torch.save(sd, path)
+    rows = read_graph(path, "none", None, 2.0).inventory
+    assert [r["name"] for r in rows] == [r["name"] for r in inventory(build("cifar10-cnn"), (3, 32, 32))]
+
+
+# ---- hostile and unsupported files ---------------------------------------------------------------------
+
+
+def _conv_model(extra_nodes=(), inits=(), first="x"):
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    nodes = list(extra_nodes) + [helper.make_node("Conv", [first, "w"], ["y"], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, *inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_external_data_is_refused_unopened(tmp_path):
+    model = _conv_model()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 216)
+    t = model.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="secret.bin")
+    path = tmp_path / "ext.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match="external data.*secret.bin.*save_as_external_data=False"):
+        read_graph(path, "onnx", None, 2.0)
+
+
+@pytest.mark.parametrize("op,domain", [("ConvTranspose", ""), ("MyCustomOp", "com.evil"), ("Loop", "")])
+def test_an_unsupported_op_before_a_conv_is_named(tmp_path, op, domain):
+    node = helper.make_node(op, ["x"], ["h"], domain=domain)
+    path = tmp_path / "op.onnx"
+    onnx.save(_conv_model([node], first="h"), str(path))
+    with pytest.raises(ModelError, match=f"unsupported ONNX op '{op}'"):
+        read_graph(path, "onnx", None, 2.0)
+
+
+def test_a_huge_declared_tensor_is_refused_before_allocation(tmp_path):
+    huge = TensorProto(name="huge", data_type=TensorProto.FLOAT, dims=[100000, 100000, 3, 3], raw_data=b"\0" * 16)
+    path = tmp_path / "huge.onnx"
+    onnx.save(_conv_model(inits=[huge]), str(path))
+    with pytest.raises(ModelError, match="declares shape \\[100000, 100000, 3, 3\\]"):
+        read_graph(path, "onnx", None, 2.0)
+    # consistent but far larger than the file could hold: the expansion limit of every checkpoint
+    big = helper.make_tensor("big", TensorProto.FLOAT, [600, 1000], vals=np.zeros(600000, np.float32).tobytes(), raw=True)
+    path = tmp_path / "big.onnx"
+    onnx.save(_conv_model(inits=[big]), str(path))
+    with pytest.raises(ModelError, match="refused to load .*CONVSCOPE_MAX_CHECKPOINT_EXPANSION"):
+        read_graph(path, "onnx", None, 0.0001)
+
+
+def test_not_onnx_and_no_conv(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(ModelError, match="junk.onnx"):
+        read_graph(junk, "onnx", None, 2.0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS.names())
+def test_every_format_refuses_an_empty_file(fmt, tmp_path):
+    path = tmp_path / f"empty{FORMATS.get(fmt).extensions[0]}"
+    path.write_bytes(b"")
+    with pytest.raises(ModelError, match="empty"):
+        read_graph(path, fmt, None, 2.0)
+
+
+def test_the_extension_picks_the_format(tmp_settings, tmp_path):
+    pt = tmp_path / "w.pt"
+    torch.save(build("resnet20").state_dict(), pt)
+    with pytest.raises(ModelError, match="does not carry its graph"):
+        add_user_model(pt, None, "x", tmp_settings)
+    onnx_file = export(build("resnet20"), (3, 32, 32), tmp_path / "r.onnx")
+    with pytest.raises(ModelError, match="carries its graph"):
+        add_user_model(onnx_file, "resnet20", "x", tmp_settings)
+    with pytest.raises(ModelError, match="reads .onnx files"):
+        add_user_model(pt, "onnx", "x", tmp_settings)
