@@ -2,7 +2,8 @@
 queue (:mod:`precompute.jobs`). Response shapes are declared for the OpenAPI schema (:mod:`server.schemas`).
 
 Cached results are sent as stored bytes with their ETag (``If-None-Match`` -> 304) and, when the
-client accepts it, a gzip kept in memory beside them.
+client accepts it, a gzip kept in memory beside them, by the one sending path (:func:`server.responses.send`)
+that the pages, the static files and the fast path in front of FastAPI use too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Callable, Literal, Optional
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path as PathParam, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from precompute.declarations.analyses import layer_analyses
 from precompute.declarations.library import SEARCH_MAX
@@ -32,39 +33,15 @@ from .clusters import K_MAX, K_MIN
 from .errors import BadRequest, CacheProblem, Conflict, ExplorerError, NotFound, TooLarge
 from .explorer import Explorer
 from .jobs import EXTENSIONS
-from .responses import error_json
+from .responses import JSON, error_json, send
 from .views import NEURON_PATTERN
 
 router = APIRouter(prefix="/api")
 
-JSON = "application/json"
-HTML = "text/html"
-#: the Content-Type of each, as Starlette's Response writes it (text types get their charset)
-CONTENT_TYPES = {JSON: b"application/json", HTML: b"text/html; charset=utf-8"}
 
 
 def explorer(request: Request) -> Explorer:
     return request.app.state.explorer
-
-
-def _etag_matches(header: Optional[str], etag: str) -> bool:
-    if not header:
-        return False
-    if header.strip() == "*":
-        return True
-    tags = [t.strip() for t in header.split(",")]
-    return etag in tags or f"W/{etag}" in tags
-
-
-def send(request: Request, blob: Blob, cache_control: str = "no-cache", media_type: str = JSON) -> Response:
-    """The blob as a response: 304 when the client has it, the stored gzip when it accepts gzip."""
-    headers = {"ETag": blob.etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
-    if _etag_matches(request.headers.get("if-none-match"), blob.etag):
-        return Response(status_code=304, headers=headers)
-    if blob.gz is not None and "gzip" in request.headers.get("accept-encoding", ""):
-        headers["Content-Encoding"] = "gzip"
-        return Response(blob.gz, media_type=media_type, headers=headers)
-    return Response(blob.body, media_type=media_type, headers=headers)
 
 
 # ---- fast path ----------------------------------------------------------------------------------
@@ -100,10 +77,11 @@ def query_params(scope) -> dict[str, str]:
 
 class FastPath:
     """Answers the GETs of ``routes`` (:data:`FAST_ROUTES` and the cached pages, ``pages.FAST_PAGES``, each
-    with its content type) straight from in-memory blobs (ETag/304 and stored gzip, as :func:`send`).
-    ``ConvscopeApp`` asks it first; ``state_of()`` is the app's state (``explorer``, ``pages``)."""
+    with its media type) straight from in-memory blobs, sent as the routes send them
+    (:func:`server.responses.send`: ETag/304 and stored gzip). ``ConvscopeApp`` asks it first;
+    ``state_of()`` is the app's state (``explorer``, ``pages``)."""
 
-    def __init__(self, state_of: Callable[[], Any], routes: list[tuple[re.Pattern, Callable, bytes]]):
+    def __init__(self, state_of: Callable[[], Any], routes: list[tuple[re.Pattern, Callable, str]]):
         self.state_of = state_of
         self.routes = routes
 
@@ -112,14 +90,14 @@ class FastPath:
         if scope["type"] != "http" or scope["method"] != "GET":
             return False
         path = scope["path"]
-        for pattern, fn, content_type in self.routes:
+        for pattern, fn, media_type in self.routes:
             m = pattern.match(path)
             if m is None:
                 continue
             try:
                 blob = fn(self.state_of(), query_params(scope), *m.groups())
             except ExplorerError as e:
-                if content_type != CONTENT_TYPES[JSON]:
+                if media_type != JSON:
                     return False  # a page's error is a page for people: the app renders it (pages.error_page)
                 # the app's JSON answer to an ExplorerError (app.py: explorer_error), sent uncompressed; here
                 # rather than by falling through, which would compute the error again (and a Recomputing must
@@ -128,25 +106,7 @@ class FastPath:
                 return True
             if blob is None:
                 return False
-            inm = gz = None
-            for k, v in scope["headers"]:
-                if k == b"if-none-match":
-                    inm = v.decode("latin-1")
-                elif k == b"accept-encoding":
-                    gz = b"gzip" in v
-            headers = [(b"etag", blob.etag.encode()), (b"cache-control", b"no-cache"),
-                       (b"vary", b"Accept-Encoding")]
-            if _etag_matches(inm, blob.etag):
-                await sendmsg({"type": "http.response.start", "status": 304, "headers": headers})
-                await sendmsg({"type": "http.response.body", "body": b""})
-                return True
-            body = blob.body
-            if gz and blob.gz is not None:
-                body = blob.gz
-                headers.append((b"content-encoding", b"gzip"))
-            headers += [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-            await sendmsg({"type": "http.response.start", "status": 200, "headers": headers})
-            await sendmsg({"type": "http.response.body", "body": body})
+            await send(Request(scope), blob, media_type=media_type)(scope, receive, sendmsg)
             return True
         return False
 

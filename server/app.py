@@ -15,7 +15,7 @@ from typing import Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,7 +26,7 @@ from . import api, jobs, pages
 from .blobs import Blob
 from .errors import ExplorerError
 from .explorer import Explorer
-from .responses import error_headers, error_json, error_status
+from .responses import HTML, JSON, error_headers, error_json, error_status, send
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "frontend" / "static"
@@ -98,8 +98,8 @@ def create_app(settings: Optional[Settings] = None, embedded: Optional[EmbeddedW
     app.state.explorer = Explorer(settings)
     app.state.pages = pages.PageCache()
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)
-    app.fast = api.FastPath(lambda: app.state, [(p, f, api.CONTENT_TYPES[api.JSON]) for p, f in api.FAST_ROUTES]
-                            + [(p, f, api.CONTENT_TYPES[api.HTML]) for p, f in pages.FAST_PAGES])
+    app.fast = api.FastPath(lambda: app.state, [(p, f, JSON) for p, f in api.FAST_ROUTES]
+                            + [(p, f, HTML) for p, f in pages.FAST_PAGES])
 
     @app.exception_handler(ExplorerError)
     async def explorer_error(request: Request, exc: ExplorerError):
@@ -139,13 +139,7 @@ def create_app(settings: Optional[Settings] = None, embedded: Optional[EmbeddedW
 
     @app.get("/vendor/plotly.min.js", include_in_schema=False)
     def plotly_js(request: Request):
-        blob = vendor.blob()
-        headers = {"ETag": blob.etag, "Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
-        if request.headers.get("if-none-match") == blob.etag:
-            return Response(status_code=304, headers=headers)
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            return Response(blob.gz, media_type="text/javascript", headers={**headers, "Content-Encoding": "gzip"})
-        return Response(blob.body, media_type="text/javascript", headers=headers)
+        return send(request, vendor.blob(), cache_control="public, max-age=86400", media_type="text/javascript")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

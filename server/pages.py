@@ -21,11 +21,11 @@ from fastapi.templating import Jinja2Templates
 
 from precompute.declarations import limits
 
-from .api import HTML, send
 from . import views
 from .blobs import LRU, Blob
 from .errors import ExplorerError, NotFound, nearest
 from .explorer import Explorer
+from .responses import HTML, send
 from .experiments import experiment_detail, list_experiments
 from .jobs import get_job, public_job, recent_jobs, worker_status
 
@@ -176,10 +176,7 @@ def error_page(request: Request, status: int, message: str, known: Optional[list
     link that points at nothing tends to be followed again."""
     blob = request.app.state.pages.blob(explorer(request), "error", request.url.path, status, message,
                                         tuple(known) if known else None)
-    if blob.gz is not None and "gzip" in request.headers.get("accept-encoding", ""):
-        return Response(blob.gz, status_code=status, media_type=HTML,
-                        headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
-    return Response(blob.body, status_code=status, media_type=HTML, headers={"Vary": "Accept-Encoding"})
+    return send(request, blob, media_type=HTML, status=status)
 
 
 @router.get("/assets/{version}/{rel:path}")
@@ -188,14 +185,9 @@ def asset_file(request: Request, version: str, rel: str):
     if e is None:
         raise NotFound(f"no static file {rel!r}")
     digest, body, gz = e
-    headers = {"ETag": f'"{digest}"', "Vary": "Accept-Encoding",
-               "Cache-Control": IMMUTABLE if version == digest else "no-cache"}
-    if request.headers.get("if-none-match") == f'"{digest}"':
-        return Response(status_code=304, headers=headers)
-    media = _TYPES.get(Path(rel).suffix, "application/octet-stream")
-    if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 1000:
-        return Response(gz, media_type=media, headers={**headers, "Content-Encoding": "gzip"})
-    return Response(body, media_type=media, headers=headers)
+    blob = Blob(body=body, etag=f'"{digest}"', gz=gz if len(body) > 1000 else None)
+    return send(request, blob, cache_control=IMMUTABLE if version == digest else "no-cache",
+                media_type=_TYPES.get(Path(rel).suffix, "application/octet-stream"))
 
 
 #: the front door's groups, in order: what was trained first, then experiment variants, then untrained twins

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from fastapi.responses import JSONResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
+from .blobs import Blob
 from .errors import BadRequest, Busy, CacheProblem, Conflict, ExplorerError, NotFound, Recomputing, TooLarge
 
 #: the HTTP status of each domain error (the most specific class along the error's MRO decides)
@@ -37,3 +39,42 @@ def error_headers(e: ExplorerError) -> Optional[dict[str, str]]:
 def error_json(e: ExplorerError) -> JSONResponse:
     """The API's answer to ``e``: ``{"detail": message, **extra}`` with its status and headers."""
     return JSONResponse(e.body(), status_code=error_status(e), headers=error_headers(e))
+
+
+# ---- the one sending path ---------------------------------------------------------------------------
+JSON = "application/json"
+HTML = "text/html"
+
+
+def etag_matches(header: Optional[str], etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (one of a list, weak or strong, or ``*``)."""
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    tags = [t.strip() for t in header.split(",")]
+    return etag in tags or f"W/{etag}" in tags
+
+
+def blob_response(blob: Blob, if_none_match: Optional[str], accepts_gzip: bool, media_type: str = JSON,
+                  cache_control: str = "no-cache", status: int = 200) -> Response:
+    """``blob`` as a response: 304 when ``if_none_match`` names its ETag, its stored gzip when the client
+    accepts gzip (``accepts_gzip``) and it has one. A body sent with another status than 200 (an error page)
+    is not the resource the URL names: it goes without ETag and Cache-Control, and never as a 304."""
+    if status != 200:
+        headers = {"Vary": "Accept-Encoding"}
+    else:
+        headers = {"ETag": blob.etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
+        if etag_matches(if_none_match, blob.etag):
+            return Response(status_code=304, headers=headers)
+    if blob.gz is not None and accepts_gzip:
+        headers["Content-Encoding"] = "gzip"
+        return Response(blob.gz, status_code=status, media_type=media_type, headers=headers)
+    return Response(blob.body, status_code=status, media_type=media_type, headers=headers)
+
+
+def send(request: Request, blob: Blob, cache_control: str = "no-cache", media_type: str = JSON,
+         status: int = 200) -> Response:
+    """``blob`` as the response to ``request`` (:func:`blob_response` with the request's headers)."""
+    return blob_response(blob, request.headers.get("if-none-match"),
+                         "gzip" in request.headers.get("accept-encoding", ""), media_type, cache_control, status)
