@@ -25,6 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from precompute.declarations import library
 from precompute.declarations.architectures import known as known_arch
 from precompute.declarations.architectures import upload_architectures
+from precompute.declarations.limits import FILE_FORMATS, file_format
 from precompute.declarations.limits import UPLOAD_EXTENSIONS as EXTENSIONS
 from precompute.jobs import INCOMING, EmbeddedWorker, JobError, check_job_id, list_jobs, live_workers, read_job
 from precompute.redact import redact
@@ -78,8 +79,17 @@ def check_filename(filename: str) -> str:
     return filename
 
 
-def check_arch(arch: str) -> str:
-    """A declared architecture with a native input size, or a name of the torchvision/timm catalogue."""
+def check_arch(arch: str, filename: str = "") -> str:
+    """A declared architecture with a native input size, or a name of the torchvision/timm catalogue; or, for a
+    file analysed without one (precompute/graphs/), the format: ``onnx`` / ``keras`` / ``none`` as sent, or
+    empty for a ``.onnx`` / ``.h5`` / ``.keras`` file when ``filename`` is given (the format is returned)."""
+    if filename or arch in FILE_FORMATS:
+        try:
+            fmt = file_format(arch, filename) if filename else arch
+        except ValueError as e:
+            raise BadRequest(str(e), known=sorted(FILE_FORMATS)) from None
+        if fmt is not None:
+            return fmt
     declared = architectures()["architectures"]
     ok = bool(arch) and ARCH_NAME.match(arch) is not None and (
         arch in declared if not library.is_library_name(arch) else known_arch(arch))

@@ -26,6 +26,7 @@ from precompute.pipeline import precompute_model
 from precompute.settings import Settings
 from precompute.sources import PypiWheel
 from precompute.usermodels import add_user_model
+from server_fixtures import make_settings, start_worker, stop_process, wait_job
 
 #: (arch, kwargs, input size): chains, residual blocks with option-A shortcuts and stride-2 convs on even
 #: sizes (uneven padding), a flatten head, grouped convs with reflection padding, an odd input size
@@ -446,3 +447,51 @@ def test_add_a_keras_file(tmp_settings, tmp_path):
     assert record["status"] == "done" and record["analyses"]["svd"]["layers"] == ["c2"]
     c2 = {r["name"]: r for r in record["inventory"]}["c2"]
     assert c2["padding_mode"] == "tf-same" and c2["input_size"] == [8, 8] and c2["uneven_padding"]
+
+
+# ---- the upload endpoint ------------------------------------------------------------------------------
+
+
+def test_the_upload_check_picks_the_format():
+    """server.jobs.check_arch: a graph file's arch may be its format or empty (the extension says it), a
+    checkpoint needs an architecture, and a graph file is not a checkpoint of an architecture in code."""
+    from server.errors import BadRequest
+    from server.jobs import check_arch
+
+    assert check_arch("", "m.onnx") == "onnx" and check_arch("", "m.keras") == "keras" and check_arch("", "m.h5") == "keras"
+    assert check_arch("onnx") == "onnx" and check_arch("none", "w.safetensors") == "none"
+    assert check_arch("resnet20", "w.pt") == "resnet20"
+    for arch, filename, says in [("", "w.pt", "does not carry its graph"), ("resnet20", "m.onnx", "carries its graph"),
+                                 ("onnx", "w.pt", "reads .onnx files"), ("keras", "m.onnx", "reads .h5, .keras")]:
+        with pytest.raises(BadRequest, match=says):
+            check_arch(arch, filename)
+
+
+@pytest.mark.slow
+def test_an_onnx_upload_is_registered_and_precomputed_by_the_worker(tmp_path_factory, tmp_path):
+    """POST /api/uploads with a .onnx file and arch "onnx": the worker reads the graph and precomputes it."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    settings = make_settings(tmp_path_factory.mktemp("onnx-upload"))
+    onnx_file = export(build("resnet20"), (3, 32, 32), tmp_path / "r20.onnx")
+    worker = start_worker(settings, Path(settings.data_dir) / "worker.log")
+    try:
+        with TestClient(create_app(settings)) as c:
+            r = c.post("/api/uploads", files={"file": ("r20.onnx", onnx_file.read_bytes())},
+                       data={"arch": "onnx", "name": "uploaded-onnx"})
+            assert r.status_code == 202, r.text
+            job = wait_job(lambda j: c.get(f"/api/jobs/{j}").json(), r.json()["id"], 300)
+            assert job["state"] == "done", job
+            m = c.get("/api/models/uploaded-onnx").json()
+            assert m["summary"]["arch"] == "onnx"
+            # refused by the server when the route hands check_arch the file name, else by the worker's job
+            r = c.post("/api/uploads", files={"file": ("w.pt", b"x" * 100)}, data={"arch": "onnx", "name": "bad"})
+            if r.status_code == 202:
+                r = wait_job(lambda j: c.get(f"/api/jobs/{j}").json(), r.json()["id"], 120)
+                assert r["state"] == "failed" and "reads .onnx files" in r["error"], r
+            else:
+                assert r.status_code == 422 and "reads .onnx files" in r.text
+    finally:
+        stop_process(worker)
