@@ -143,97 +143,131 @@ def disposition(raw: bytes) -> dict[str, str]:
     return out
 
 
-async def receive_multipart(request: Request, limit: int, folder: Path, token: str) -> dict:
-    """Stream a multipart/form-data body: the file part goes straight to ``folder/.partial-<token>``,
-    other fields (at most ``PARTS_MAX`` parts, 4 KB each) are kept; more than ``limit`` bytes raises 413
-    while streaming and deletes what was written. Returns ``{"fields": {...}, "file": {"filename", "path",
-    "size"} | None}``."""
+class _Form:
+    """The parts of one multipart body as python-multipart reports them (its callbacks are the methods):
+    the file part written to ``path`` as it arrives, every other field kept (at most ``PARTS_MAX`` parts,
+    headers and fields of at most ``FIELD_MAX`` bytes each). No limit on the whole: the stream's reader
+    counts the bytes (:func:`receive_multipart`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fields: dict[str, str] = {}
+        self.file: Optional[dict] = None  # {"filename" as sent, "path", "size"}
+        self._parts = 0
+        self._headers: dict[bytes, bytes] = {}
+        self._hname = self._hval = self._field = b""
+        self._name: Optional[str] = None
+        self._fh = None
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
+                "on_header_value": self._header_value, "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+                "on_part_end": self._part_end}
+
+    def _part_begin(self):
+        self._headers, self._field, self._name = {}, b"", None
+        self._parts += 1
+        if self._parts > PARTS_MAX:
+            raise BadRequest(f"too many form fields: more than {PARTS_MAX}; an upload has four (file, arch, name, "
+                             f"dataset)", known=["file", "arch", "name", "dataset"])
+
+    def _header_field(self, data, start, end):
+        self._hname += data[start:end]
+
+    def _header_value(self, data, start, end):
+        self._hval += data[start:end]
+        if len(self._hval) > FIELD_MAX:
+            raise BadRequest("a multipart header is longer than 4 KB")
+
+    def _header_end(self):
+        self._headers[self._hname.lower()] = self._hval
+        self._hname, self._hval = b"", b""
+
+    def _headers_finished(self):
+        disp = disposition(self._headers.get(b"content-disposition", b""))
+        self._name = disp.get("name", "")
+        filename = disp.get("filename")
+        if filename is not None and self._name == "file":
+            if self.file is not None:
+                raise BadRequest("send one file per upload")
+            self._fh = open(self.path, "wb")
+            # the name as sent: check_filename refuses folders, NUL bytes and the like (no silent basename)
+            self.file = {"filename": filename, "path": str(self.path), "size": 0}
+
+    def _part_data(self, data, start, end):
+        if self._fh is not None:
+            self._fh.write(data[start:end])
+            self.file["size"] += end - start
+        else:
+            self._field += data[start:end]
+            if len(self._field) > FIELD_MAX:
+                raise BadRequest(f"form field {self._name[:40]!r} is longer than 4 KB")
+
+    def _part_end(self):
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        elif self._name:
+            self.fields[self._name] = self._field.decode(errors="replace")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def discard(self) -> None:
+        """Close and delete what was written of the file."""
+        self.close()
+        if self.file is not None:
+            Path(self.file["path"]).unlink(missing_ok=True)
+
+
+def _boundary(request: Request) -> bytes:
+    """The multipart boundary of the request's Content-Type; BadRequest for any other body."""
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     boundary = opts.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise BadRequest("send multipart/form-data with fields file (the checkpoint), arch and name; "
                          f"got content-type {request.headers.get('content-type', '')[:100]!r}")
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {"headers": {}, "field": b"", "hname": b"", "hval": b"", "name": None, "fh": None, "parts": 0}
-    fields: dict[str, str] = {}
-    result: dict = {"fields": fields, "file": None}
+    return boundary
 
-    def on_part_begin():
-        state.update(headers={}, field=b"", name=None, parts=state["parts"] + 1)
-        if state["parts"] > PARTS_MAX:
-            raise BadRequest(f"too many form fields: more than {PARTS_MAX}; an upload has four (file, arch, name, "
-                             f"dataset)", known=["file", "arch", "name", "dataset"])
 
-    def on_header_field(data, start, end):
-        state["hname"] += data[start:end]
-
-    def on_header_value(data, start, end):
-        state["hval"] += data[start:end]
-        if len(state["hval"]) > FIELD_MAX:
-            raise BadRequest("a multipart header is longer than 4 KB")
-
-    def on_header_end():
-        state["headers"][state["hname"].lower()] = state["hval"]
-        state["hname"], state["hval"] = b"", b""
-
-    def on_headers_finished():
-        disp = disposition(state["headers"].get(b"content-disposition", b""))
-        state["name"] = disp.get("name", "")
-        filename = disp.get("filename")
-        if filename is not None and state["name"] == "file":
-            if result["file"] is not None:
-                raise BadRequest("send one file per upload")
-            path = folder / f".partial-{token}"
-            state["fh"] = open(path, "wb")
-            # the name as sent: check_filename refuses folders, NUL bytes and the like (no silent basename)
-            result["file"] = {"filename": filename, "path": str(path), "size": 0}
-
-    def on_part_data(data, start, end):
-        if state["fh"] is not None:
-            state["fh"].write(data[start:end])
-            result["file"]["size"] += end - start
-        else:
-            state["field"] += data[start:end]
-            if len(state["field"]) > FIELD_MAX:
-                raise BadRequest(f"form field {state['name'][:40]!r} is longer than 4 KB")
-
-    def on_part_end():
-        if state["fh"] is not None:
-            state["fh"].close()
-            state["fh"] = None
-        elif state["name"]:
-            fields[state["name"]] = state["field"].decode(errors="replace")
-
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-        "on_part_end": on_part_end})
+async def _feed(request: Request, parser: MultipartParser, limit: int) -> None:
+    """The request body into ``parser`` as it streams in; TooLarge as soon as it passes ``limit`` + SLACK."""
     total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit + SLACK:
+            raise TooLarge(f"upload is larger than the limit of {limit} bytes (CONVSCOPE_MAX_UPLOAD_BYTES); "
+                           f"stopped after {total} bytes", limit=limit)
+        if chunk:
+            parser.write(chunk)
+    parser.finalize()
+
+
+async def receive_multipart(request: Request, limit: int, folder: Path, token: str) -> dict:
+    """Stream a multipart/form-data body: the file part goes straight to ``folder/.partial-<token>``,
+    other fields (at most ``PARTS_MAX`` parts, 4 KB each) are kept; more than ``limit`` bytes raises TooLarge
+    while streaming and deletes what was written. Returns ``{"fields": {...}, "file": {"filename", "path",
+    "size"} | None}``."""
+    boundary = _boundary(request)
+    folder.mkdir(parents=True, exist_ok=True)
+    form = _Form(folder / f".partial-{token}")
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit + SLACK:
-                raise TooLarge(f"upload is larger than the limit of {limit} bytes (CONVSCOPE_MAX_UPLOAD_BYTES); "
-                               f"stopped after {total} bytes", limit=limit)
-            if chunk:
-                parser.write(chunk)
-        parser.finalize()
-        if result["file"] is not None and result["file"]["size"] > limit:
-            raise TooLarge(f"the checkpoint has {result['file']['size']} bytes, more than the limit of {limit} bytes",
+        await _feed(request, MultipartParser(boundary, form.callbacks()), limit)
+        if form.file is not None and form.file["size"] > limit:
+            raise TooLarge(f"the checkpoint has {form.file['size']} bytes, more than the limit of {limit} bytes",
                            limit=limit)
     except BaseException as e:
-        if state["fh"] is not None:
-            state["fh"].close()
-        if result["file"] is not None:
-            Path(result["file"]["path"]).unlink(missing_ok=True)
+        form.discard()
         if isinstance(e, ExplorerError):
             raise
         if isinstance(e, Exception) and type(e).__module__.startswith("python_multipart"):
             raise BadRequest(f"malformed multipart body: {str(e)[:200]}") from None
         raise
-    if state["fh"] is not None:
-        state["fh"].close()
-    return result
+    form.close()
+    return {"fields": form.fields, "file": form.file}
 
 
 def place_upload(settings: Settings, token: str, upload: dict) -> Path:
