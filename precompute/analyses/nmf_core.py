@@ -221,106 +221,140 @@ def _batched_nmf(X, rank, max_iter, tol, check_every, init, stop="improvement", 
         raise ValueError("X must be non-negative")
     nx = torch.linalg.vector_norm(X, dim=(1, 2))
     scale = torch.where(nx > 0, nx, torch.ones_like(nx))
-    W_out = X.new_zeros(B, P, rank)
-    H_out = X.new_zeros(B, rank, F)
-    iters = torch.zeros(B, dtype=torch.long)
     # working set: one buffer [X; H] per matrix, so that X H^T and H H^T come out of one product;
     # matrices that have converged are written out and dropped from it at each check
     Y = X.new_empty(B, P + rank, F)
     Y[:, :P] = X / scale[:, None, None]
-    idx = torch.arange(B, device=X.device)
     live = (nx > 0).to(X.dtype)  # all-zero matrices: ||X|| = 0, error defined as 0
-    offdiag = 1.0 - torch.eye(rank, dtype=X.dtype, device=X.device)
     with flush_denormal():
-        Xs, H = Y[:, :P], Y[:, P:]
-        if init is not None:
-            W = init[0] / scale[:, None, None].sqrt()
-            H.copy_(init[1] / scale[:, None, None].sqrt())
-        elif F <= rank:
-            # exact: X = [X, 0] [I; 0] (e.g. a depthwise neuron: its positive and negative parts)
-            W = torch.cat([Xs, Xs.new_zeros(B, P, rank - F)], 2)
-            H.zero_()
-            H[:, :F, :] = torch.eye(F, dtype=X.dtype, device=X.device)
+        W, exact = _start(Y, rank, init, scale)
+        if exact:
             max_iter = 0
-        else:
-            W, H0 = nndsvda_init(Xs, rank)
-            H.copy_(H0)
-            del H0
-        W = W.clone()
         if extrapolate and stop == "improvement" and max_iter > 0:
-            W_out, H_out, iters = _hals_extrapolated(Y[:, :P], W, H.clone(), live, max_iter, tol, check_every)
-            del Y, Xs, H, W
-            W_out *= scale[:, None, None]
-            return NMFResult(W_out, H_out, relative_error(X, W_out, H_out), int(iters.max()), iters)
-        prev = None
-        it = 0
-        viol0 = None
-        for it in range(1, max_iter + 1):
-            check = (it % check_every == 0 and it < max_iter) or it == 1
-            viol = X.new_zeros(W.shape[0]) if (check and stop == "violation") else None
-            # W (positions): coordinate descent on its columns, H fixed
-            Gt = torch.bmm(H, Y.mT)  # (b, r, P + r) = [H X^T, H H^T]; faster than Y H^T on MKL
-            XHt, HHt = Gt[:, :, :P].mT, Gt[:, :, P:]
-            dw = HHt.diagonal(dim1=1, dim2=2).clamp_min(_TINY)  # (b, r)
-            for k in range(rank):
-                num = torch.baddbmm(XHt[:, :, k:k + 1], W, HHt[:, :, k:k + 1], alpha=-1.0)[:, :, 0]
-                if viol is not None:  # projected gradient (-num), as scikit-learn's solver accumulates it
-                    viol += torch.where(W[:, :, k] == 0, num.clamp_min(0), num.abs()).sum(1)
-                W[:, :, k] = (W[:, :, k] + num / dw[:, k:k + 1]).clamp_min_(0)
-            # H (channels): coordinate descent on its rows, W fixed. With D = diag(W^T W):
-            # h_k <- max(0, (D^-1 W^T X)_k - sum_{j != k} (D^-1 W^T W)_kj h_j).
-            # A column w_k that died (all zero) leaves h_k as it is (A_kk = -1 gives t = h_k), as
-            # scikit-learn's solver does, so that w_k can come back at the next W update.
-            WtW = torch.bmm(W.mT, W)  # (b, r, r)
-            d = WtW.diagonal(dim1=1, dim2=2).clamp_min(_TINY)  # (b, r)
-            dinv = 1.0 / d
-            A = WtW * dinv[:, :, None] * offdiag - torch.diag_embed((d <= _TINY).to(X.dtype))
-            Bm = torch.bmm((W * dinv[:, None, :]).mT, Xs)  # (b, r, F)
-            for k in range(rank):
-                t = torch.baddbmm(Bm[:, k:k + 1], A[:, k:k + 1], H, alpha=-1.0)
-                if viol is not None:  # gradient d_k (h_k - t), projected
-                    g = (H[:, k] - t[:, 0]) * (d[:, k:k + 1] * (d[:, k:k + 1] > _TINY))
-                    viol += torch.where(H[:, k] == 0, (-g).clamp_min(0), g.abs()).sum(1)
-                torch.clamp_min(t[:, 0], 0, out=H[:, k])
-            if not check:
-                continue
-            if stop == "violation":
-                if viol0 is None:
-                    viol0 = viol
-                    continue
-                done = viol <= tol * viol0
-            else:
-                # ||X - WH||^2 = ||X||^2 - 2<W^T X, H> + <W^T W, H H^T>, with ||X|| = 1 (or 0)
-                e2 = live - 2 * ((Bm * H).sum(2) * d).sum(1) + (WtW * torch.bmm(H, H.mT)).sum((1, 2))
-                err = e2.clamp_min(0).sqrt()
-                if prev is None:
-                    prev = err
-                    continue
-                improve = (prev - err) / prev.clamp_min(1e-6)
-                # converged: relative improvement below tol per 10 sweeps, or already exact to 1e-4
-                done = (improve < tol * check_every / 10) | (err < 1e-4)
-                prev = err
-            if bool(done.any()):
-                gone = idx[done]
-                W_out[gone], H_out[gone] = W[done], H[done]
-                iters[gone.cpu()] = it
-                keep = ~done
-                idx = idx[keep]
-                if not idx.numel():
-                    break
-                Y, W, live = Y[keep], W[keep], live[keep]
-                if viol0 is not None:
-                    viol0 = viol0[keep]
-                if prev is not None:
-                    prev = prev[keep]
-                Xs, H = Y[:, :P], Y[:, P:]
-        if idx.numel():
-            W_out[idx], H_out[idx] = W, H
-            iters[idx.cpu()] = it
-        del Y, Xs, H, W
+            W_out, H_out, iters = _hals_extrapolated(Y[:, :P], W, Y[:, P:].clone(), live, max_iter, tol, check_every)
+        else:
+            W_out, H_out, iters = _hals_plain(Y, W, live, max_iter, tol, check_every, stop)
+        del Y, W
         W_out *= scale[:, None, None]
         err = relative_error(X, W_out, H_out)
     return NMFResult(W_out, H_out, err, int(iters.max()), iters)
+
+
+def _start(Y: torch.Tensor, rank: int, init: Optional[tuple[torch.Tensor, torch.Tensor]],
+           scale: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The start of the iterations: W (B, P, r), with H (B, r, F) written into the working buffers
+    Y (B, P + r, F) = [X; H] (X scaled by ``scale`` (B,) to unit norm). ``init`` (W, H of the unscaled X)
+    when given, else the exact factorisation when F <= r (then True: nothing to iterate), else NNDSVDa."""
+    B, P, F = Y.shape[0], Y.shape[1] - rank, Y.shape[2]
+    Xs, H = Y[:, :P], Y[:, P:]
+    exact = False
+    if init is not None:
+        W = init[0] / scale[:, None, None].sqrt()
+        H.copy_(init[1] / scale[:, None, None].sqrt())
+    elif F <= rank:
+        # exact: X = [X, 0] [I; 0] (e.g. a depthwise neuron: its positive and negative parts)
+        W = torch.cat([Xs, Xs.new_zeros(B, P, rank - F)], 2)
+        H.zero_()
+        H[:, :F, :] = torch.eye(F, dtype=Y.dtype, device=Y.device)
+        exact = True
+    else:
+        W, H0 = nndsvda_init(Xs, rank)
+        H.copy_(H0)
+    return W.clone(), exact
+
+
+def _hals_plain(Y: torch.Tensor, W: torch.Tensor, live: torch.Tensor, max_iter: int, tol: float,
+                check_every: int, stop: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain HALS (one pass on W, one on H per sweep) with per-matrix early stopping: working buffers
+    Y (B, P + r, F) = [X; H] with ||X|| = 1 (or all zero, ``live`` (B,) = 0), start W (B, P, r) -> W, H,
+    sweeps (B,) per matrix. ``stop`` is the rule of :func:`batched_nmf`; a matrix that stops is written
+    out and leaves the working set."""
+    B, F = Y.shape[0], Y.shape[2]
+    rank = W.shape[2]
+    P = Y.shape[1] - rank
+    W_out = Y.new_zeros(B, P, rank)
+    H_out = Y.new_zeros(B, rank, F)
+    iters = torch.zeros(B, dtype=torch.long)
+    idx = torch.arange(B, device=Y.device)
+    offdiag = 1.0 - torch.eye(rank, dtype=Y.dtype, device=Y.device)
+    Xs, H = Y[:, :P], Y[:, P:]
+    prev = None
+    it = 0
+    viol0 = None
+    for it in range(1, max_iter + 1):
+        check = (it % check_every == 0 and it < max_iter) or it == 1
+        viol = Y.new_zeros(W.shape[0]) if (check and stop == "violation") else None
+        WtW, d, Bm = _hals_sweep(Y, Xs, W, H, offdiag, viol)
+        if not check:
+            continue
+        if stop == "violation":
+            if viol0 is None:
+                viol0 = viol
+                continue
+            done = viol <= tol * viol0
+        else:
+            # ||X - WH||^2 = ||X||^2 - 2<W^T X, H> + <W^T W, H H^T>, with ||X|| = 1 (or 0)
+            e2 = live - 2 * ((Bm * H).sum(2) * d).sum(1) + (WtW * torch.bmm(H, H.mT)).sum((1, 2))
+            err = e2.clamp_min(0).sqrt()
+            if prev is None:
+                prev = err
+                continue
+            improve = (prev - err) / prev.clamp_min(1e-6)
+            # converged: relative improvement below tol per 10 sweeps, or already exact to 1e-4
+            done = (improve < tol * check_every / 10) | (err < 1e-4)
+            prev = err
+        if bool(done.any()):
+            gone = idx[done]
+            W_out[gone], H_out[gone] = W[done], H[done]
+            iters[gone.cpu()] = it
+            keep = ~done
+            idx = idx[keep]
+            if not idx.numel():
+                break
+            Y, W, live = Y[keep], W[keep], live[keep]
+            if viol0 is not None:
+                viol0 = viol0[keep]
+            if prev is not None:
+                prev = prev[keep]
+            Xs, H = Y[:, :P], Y[:, P:]
+    if idx.numel():
+        W_out[idx], H_out[idx] = W, H
+        iters[idx.cpu()] = it
+    return W_out, H_out, iters
+
+
+def _hals_sweep(Y: torch.Tensor, Xs: torch.Tensor, W: torch.Tensor, H: torch.Tensor, offdiag: torch.Tensor,
+                viol: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """In place: one plain HALS sweep, a pass over the columns of W (B, P, r), then over the rows of
+    H (B, r, F) = Y[:, P:] (Xs = Y[:, :P]). With ``viol`` (B,), adds each matrix's projected gradient to it
+    (scikit-learn's stopping measure). Returns W^T W (B, r, r), its clamped diagonal d (B, r) and
+    D^-1 W^T X (B, r, F), from which the error comes free."""
+    P, rank = W.shape[1], W.shape[2]
+    # W (positions): coordinate descent on its columns, H fixed
+    Gt = torch.bmm(H, Y.mT)  # (b, r, P + r) = [H X^T, H H^T]; faster than Y H^T on MKL
+    XHt, HHt = Gt[:, :, :P].mT, Gt[:, :, P:]
+    dw = HHt.diagonal(dim1=1, dim2=2).clamp_min(_TINY)  # (b, r)
+    for k in range(rank):
+        num = torch.baddbmm(XHt[:, :, k:k + 1], W, HHt[:, :, k:k + 1], alpha=-1.0)[:, :, 0]
+        if viol is not None:  # projected gradient (-num), as scikit-learn's solver accumulates it
+            viol += torch.where(W[:, :, k] == 0, num.clamp_min(0), num.abs()).sum(1)
+        W[:, :, k] = (W[:, :, k] + num / dw[:, k:k + 1]).clamp_min_(0)
+    # H (channels): coordinate descent on its rows, W fixed. With D = diag(W^T W):
+    # h_k <- max(0, (D^-1 W^T X)_k - sum_{j != k} (D^-1 W^T W)_kj h_j).
+    # A column w_k that died (all zero) leaves h_k as it is (A_kk = -1 gives t = h_k), as
+    # scikit-learn's solver does, so that w_k can come back at the next W update.
+    WtW = torch.bmm(W.mT, W)  # (b, r, r)
+    d = WtW.diagonal(dim1=1, dim2=2).clamp_min(_TINY)  # (b, r)
+    dinv = 1.0 / d
+    A = WtW * dinv[:, :, None] * offdiag - torch.diag_embed((d <= _TINY).to(W.dtype))
+    Bm = torch.bmm((W * dinv[:, None, :]).mT, Xs)  # (b, r, F)
+    for k in range(rank):
+        t = torch.baddbmm(Bm[:, k:k + 1], A[:, k:k + 1], H, alpha=-1.0)
+        if viol is not None:  # gradient d_k (h_k - t), projected
+            g = (H[:, k] - t[:, 0]) * (d[:, k:k + 1] * (d[:, k:k + 1] > _TINY))
+            viol += torch.where(H[:, k] == 0, (-g).clamp_min(0), g.abs()).sum(1)
+        torch.clamp_min(t[:, 0], 0, out=H[:, k])
+    return WtW, d, Bm
 
 
 #: inner HALS passes on W per sweep of the accelerated solver: W is (P x r), so once X H^T (P x r)
