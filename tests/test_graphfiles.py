@@ -495,3 +495,21 @@ def test_an_onnx_upload_is_registered_and_precomputed_by_the_worker(tmp_path_fac
                 assert r.status_code == 422 and "reads .onnx files" in r.text
     finally:
         stop_process(worker)
+
+
+@pytest.mark.slow
+def test_the_command_line_adds_an_onnx_file_without_arch(tmp_path):
+    """`convscope add model.onnx --name x` as a user types it (a subprocess); a .pt without --arch says what to give."""
+    import subprocess
+    import sys
+
+    onnx_file = export(build("resnet20"), (3, 32, 32), tmp_path / "r20.onnx")
+    env = {**os.environ, "CONVSCOPE_DATA_DIR": str(tmp_path / "data"), "CONVSCOPE_DEVICE": "cpu"}
+    cli = [sys.executable, "-m", "precompute.cli", "add"]
+    root = Path(__file__).resolve().parent.parent
+    ok = subprocess.run(cli + [str(onnx_file), "--name", "cli-onnx"], env=env, cwd=root, capture_output=True, text=True)
+    assert ok.returncode == 0 and "added cli-onnx (onnx)" in ok.stdout, ok.stderr
+    pt = tmp_path / "w.pt"
+    torch.save(build("resnet20").state_dict(), pt)
+    bad = subprocess.run(cli + [str(pt), "--name", "cli-pt"], env=env, cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not carry its graph" in bad.stderr and "Traceback" not in bad.stderr

@@ -440,9 +440,13 @@ def test_add_user_model_errors(trained, tmp_path, tmp_settings):
         add_user_model(p, "resnet21", "ok-name", tmp_settings)
     with pytest.raises(ModelError, match="a model named 'resnet20-cifar10' already exists"):
         add_user_model(p, "resnet20", "resnet20-cifar10", tmp_settings)
-    h5 = tmp_path / "w.h5"
+    other = tmp_path / "w.bin"
+    other.write_bytes(b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(ModelError, match=r"unsupported checkpoint extension '\.bin'"):
+        add_user_model(other, "resnet20", "ok-name", tmp_settings)
+    h5 = tmp_path / "w.h5"  # a Keras file carries its graph (tests/test_graphfiles.py)
     h5.write_bytes(b"\x89HDF\r\n\x1a\n")
-    with pytest.raises(ModelError, match=r"unsupported checkpoint extension '\.h5'"):
+    with pytest.raises(ModelError, match=r"a \.h5 file carries its graph: leave the architecture empty"):
         add_user_model(h5, "resnet20", "ok-name", tmp_settings)
     with pytest.raises(ModelError, match="missing file"):
         add_user_model(tmp_path / "absent.pt", "resnet20", "ok-name", tmp_settings)
