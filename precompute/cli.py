@@ -357,10 +357,8 @@ def cmd_experiments_list(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="convscope", description="A microscope for the weights of CNNs.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _zoo_command(sub) -> None:
+    """``convscope zoo``."""
     zoo = sub.add_parser("zoo", help="the model zoo")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
     zl = zsub.add_parser("list", help="list models with their status")
@@ -371,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     zf.add_argument("--all", action="store_true")
     zf.set_defaults(func=cmd_zoo_fetch)
 
+
+def _precompute_command(sub) -> None:
+    """``convscope precompute``."""
     pc = sub.add_parser("precompute", help="run the analyses over models and cache the results")
     pc.add_argument("names", nargs="*", metavar="NAME")
     pc.add_argument("--all", action="store_true", help="the whole default zoo")
@@ -380,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--progress", action="store_true", help="progress bars even when not on a terminal")
     pc.set_defaults(func=cmd_precompute)
 
+
+def _show_command(sub) -> None:
+    """``convscope show``."""
     sh = sub.add_parser("show", help="print cached results as JSON")
     sh.add_argument("name")
     sh.add_argument("--layer")
@@ -388,29 +392,25 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--compact", action="store_true")
     sh.set_defaults(func=cmd_show)
 
-    ad = sub.add_parser("add", help="register a checkpoint, ONNX or Keras file of yours")
-    ad.add_argument("path", help="a checkpoint (.safetensors, .pt, .pth, .th) or a file with its graph "
-                                 "(.onnx, .h5, .keras)")
-    ad.add_argument("--arch", help="the checkpoint's architecture (`convscope zoo list`, torchvision:NAME, "
-                                   "timm:NAME); leave it out for .onnx / .h5 / .keras files (or give onnx / "
-                                   "keras); `none` analyses a checkpoint's weights without its graph (every 4-d "
-                                   "tensor a conv; the SVD between layers and the padding flags need the graph)")
-    ad.add_argument("--name", required=True)
-    ad.add_argument("--dataset", default="unknown")
-    ad.add_argument("--input-size", help="C,H,W (default: the architecture's; for ONNX the graph input's, "
-                                         "224x224 where it is dynamic)")
-    ad.set_defaults(func=cmd_add)
 
+def _remove_command(sub) -> None:
+    """``convscope remove``."""
     rm = sub.add_parser("remove", help="unregister a model added with `add`")
     rm.add_argument("name")
     rm.set_defaults(func=cmd_remove)
 
+
+def _serve_command(sub) -> None:
+    """``convscope serve``."""
     sv = sub.add_parser("serve", help="serve the explorer over the cache")
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
     sv.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
     sv.set_defaults(func=cmd_serve)
 
+
+def _worker_command(sub) -> None:
+    """``convscope worker``."""
     wk = sub.add_parser("worker", help="take jobs from the queue (SQLite in the cache, or CONVSCOPE_REDIS_URL)")
     wk.add_argument("--threads", type=int, default=1)
     wk.add_argument("--parent", type=int, help="the pid of the process that started this worker: stop when it is gone "
@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "even one killed with -9)")
     wk.set_defaults(func=cmd_worker)
 
+
+def _submit_command(sub) -> None:
+    """``convscope submit``."""
     sb = sub.add_parser("submit", help="queue precompute jobs for the workers")
     sb.add_argument("names", nargs="*", metavar="NAME")
     sb.add_argument("--all", action="store_true", help="the whole default zoo")
@@ -425,10 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--force", action="store_true")
     sb.set_defaults(func=cmd_submit)
 
+
+def _jobs_command(sub) -> None:
+    """``convscope jobs``."""
     jb = sub.add_parser("jobs", help="list jobs and their state")
     jb.add_argument("--json", action="store_true")
     jb.set_defaults(func=cmd_jobs)
 
+
+def _train_command(sub) -> None:
+    """``convscope train``."""
     tr = sub.add_parser("train", help="train the variants of an experiment (see `convscope experiments list`)")
     tr.add_argument("experiment", nargs="?")
     tr.add_argument("--variant", action="extend", nargs="+", metavar="V",
@@ -460,11 +469,44 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true", help="with --list-runs: JSON")
     tr.set_defaults(func=cmd_train)
 
+
+def _experiments_command(sub) -> None:
+    """``convscope experiments``."""
     ex = sub.add_parser("experiments", help="the experiments and their variants")
     exsub = ex.add_subparsers(dest="experiments_command", required=True)
     exl = exsub.add_parser("list", help="experiments, variants, recipes and which are trained")
     exl.add_argument("--json", action="store_true")
     exl.set_defaults(func=cmd_experiments_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one function per subcommand, in the order ``--help`` lists them."""
+    p = argparse.ArgumentParser(prog="convscope", description="A microscope for the weights of CNNs.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _zoo_command(sub)
+    _precompute_command(sub)
+    _show_command(sub)
+
+    ad = sub.add_parser("add", help="register a checkpoint, ONNX or Keras file of yours")
+    ad.add_argument("path", help="a checkpoint (.safetensors, .pt, .pth, .th) or a file with its graph "
+                                 "(.onnx, .h5, .keras)")
+    ad.add_argument("--arch", help="the checkpoint's architecture (`convscope zoo list`, torchvision:NAME, "
+                                   "timm:NAME); leave it out for .onnx / .h5 / .keras files (or give onnx / "
+                                   "keras); `none` analyses a checkpoint's weights without its graph (every 4-d "
+                                   "tensor a conv; the SVD between layers and the padding flags need the graph)")
+    ad.add_argument("--name", required=True)
+    ad.add_argument("--dataset", default="unknown")
+    ad.add_argument("--input-size", help="C,H,W (default: the architecture's; for ONNX the graph input's, "
+                                         "224x224 where it is dynamic)")
+    ad.set_defaults(func=cmd_add)
+
+    _remove_command(sub)
+    _serve_command(sub)
+    _worker_command(sub)
+    _submit_command(sub)
+    _jobs_command(sub)
+    _train_command(sub)
+    _experiments_command(sub)
     return p
 
 
