@@ -57,10 +57,11 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
     report(0.0, f"loading {name}")
     spec = get_spec(name, settings)
     skipped: dict[str, str] = {}
+    notes: list[str] = []
     if is_graph_spec(spec):  # ONNX / Keras / bare weights: the rows come from the file, nothing is run
         graph, file_sha = load_graph(spec, settings)
         loaded = LoadedModel(spec, graph.module, state_dict_sha256(graph.module), file_sha)
-        module, rows = graph.module.to(dev), graph.inventory
+        module, rows, notes = graph.module.to(dev), graph.inventory, graph.notes
         if not graph.graph:
             skipped = needs_architecture(chosen, spec)
     else:
@@ -75,6 +76,8 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
         "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # analyses (and flags) that need the graph a bare-weights file does not have: {what: how to give it}
         "skipped": skipped,
+        # what a graph file holds that convscope does not analyse (e.g. an ONNX model's ConvTranspose head)
+        "notes": notes,
     }
 
     iterator = chosen

@@ -132,7 +132,7 @@ def test_add_and_precompute_an_onnx_file(tmp_settings, tmp_path):
     entry = json.loads(tmp_settings.user_models_file.read_text())[0]
     assert entry["arch"] == "onnx" and entry["input_size"] == [3, 32, 32] and entry["path"] == "r20-onnx/r20.onnx"
     record = precompute_model("r20-onnx", tmp_settings, analyses=["symmetry", "svd", "batchnorm"], device="cpu")
-    assert record["status"] == "done" and not record["errors"] and record["skipped"] == {}
+    assert record["status"] == "done" and not record["errors"] and record["skipped"] == {} and record["notes"] == []
     assert len(record["analyses"]["svd"]["layers"]) == 19  # 18 convs with a feeder + the linear layer
     assert Cache(tmp_settings.cache).get_model("r20-onnx")["inventory"] == record["inventory"]
 
@@ -168,6 +168,22 @@ def test_a_third_party_onnx_cnn_goes_through(paddle_cls, tmp_settings):
     assert sum(bool(r["feeds_from"]) for r in convs) >= 45  # the SE blocks' 1x1 convs read pooled maps
     assert any(r["uneven_padding"] for r in convs)  # stride 2 on even sizes
     assert record["analyses"]["nmf"]["layers"] and record["scalars"]
+
+
+@pytest.mark.slow
+def test_a_third_party_onnx_detector_with_a_transposed_conv_head(paddle_cls):
+    """PaddleOCR's text detector ends in ConvTranspose layers that no conv reads: read, and left out with a note;
+    the conv that reads a Concat of four maps has no single feeder."""
+    det = PypiWheel("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+                    "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9")
+    store = paddle_cls.parent.parent
+    path = det.fetch(Settings(data_dir=paddle_cls.parent, store_dir=store))
+    graph = read_graph(path, "onnx", (3, 320, 320), 2.0)
+    convs = [r for r in graph.inventory if r["type"] == "conv"]
+    assert len(convs) == 62 and all(r["input_size"] for r in convs)
+    assert graph.notes == ["not analysed (no conv or linear layer reads them): ConvTranspose layers"]
+    fused = convs[-1]  # the head's first conv reads the four upsampled maps, concatenated
+    assert fused["name"] == "conv2d_159" and fused["in_channels"] == 96 and fused["feeds_from"] is None
 
 
 def test_weights_alone(tmp_settings, tmp_path):

@@ -571,6 +571,6 @@ def read_onnx(path: Path, input_size: Optional[tuple[int, int, int]], max_expans
                 w = _nhwc_columns_to_nchw(w, *flat)
             layers.append(GraphLayer(name, "linear", w, bias, flatten_from=flat,
                                      sources=_sources(graph, n.input[0], layer_of, linear_or_conv), op=n.op_type))
-    skipped = sorted({graph.nodes[i].op_type for i, n in enumerate(graph.nodes) if graph.nodes[i].op_type in UNSUPPORTED})
-    notes = [f"left out (after the last analysed layer): {', '.join(skipped)}"] if skipped else []
+    skipped = sorted({n.op_type for n in graph.nodes if n.op_type in UNSUPPORTED})
+    notes = [f"not analysed (no conv or linear layer reads them): {', '.join(skipped)} layers"] if skipped else []
     return build_model(layers, size, graph=True, notes=notes)
