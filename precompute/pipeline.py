@@ -15,10 +15,9 @@ import torch
 from .analyses import ANALYSES, ModelContext
 from .cache import Cache, CorruptEntry, ResultKey
 from .devices import resolve_device
-from .graphs import is_graph_spec, load_graph
 from .inventory import inventory
 from .settings import Settings, get_settings
-from .zoo import LoadedModel, ModelError, get_spec, load_model, state_dict_sha256
+from .zoo import ModelError, get_spec, load_model
 
 #: progress(fraction in [0, 1], message) for job runners; the CLI shows a tqdm bar instead
 Progress = Callable[[float, str], None]
@@ -55,18 +54,15 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
     t0 = time.perf_counter()
     report = progress or (lambda f, m: None)
     report(0.0, f"loading {name}")
-    spec = get_spec(name, settings)
+    loaded = load_model(get_spec(name, settings), settings)
+    module = loaded.module.to(dev)
     skipped: dict[str, str] = {}
     notes: list[str] = []
-    if is_graph_spec(spec):  # ONNX / Keras / bare weights: the rows come from the file, nothing is run
-        graph, file_sha = load_graph(spec, settings)
-        loaded = LoadedModel(spec, graph.module, state_dict_sha256(graph.module), file_sha)
-        module, rows, notes = graph.module.to(dev), graph.inventory, graph.notes
-        if not graph.graph:
-            skipped = needs_architecture(chosen, spec)
+    if loaded.graph is not None:  # ONNX / Keras / bare weights: the rows come from the file, nothing is run
+        rows, notes = loaded.graph.inventory, loaded.graph.notes
+        if not loaded.graph.graph:
+            skipped = needs_architecture(chosen, loaded.spec)
     else:
-        loaded = load_model(spec, settings)
-        module = loaded.module.to(dev)
         rows = inventory(module, loaded.spec.input_size, dev)
     ctx = ModelContext(name=name, module=module, inventory=rows, weights_sha256=loaded.weights_sha256, device=dev)
 

@@ -5,7 +5,8 @@
 - the user models of ``user-models.json`` (``convscope add``, uploads: ``precompute/usermodels.py``).
 
 :func:`load_model` turns a spec (``precompute/declarations/specs.py``) into an ``nn.Module`` in eval mode
-with its weights, strictly checked.
+with its weights, strictly checked; a graph file's spec (arch ``onnx``, ``keras``, ``none``:
+``precompute/graphs/``) into the weight container read from the file, with its inventory rows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .architectures import build
 from .declarations.specs import IMAGENET_MEAN, IMAGENET_STD, ModelSpec  # noqa: F401  (their home is the floor)
 from .errors import ModelError  # noqa: F401  (its home is the torch-free floor; imported from here too)
 from .experiments.records import variant_specs
+from .graphs import GraphModel, is_graph_spec, load_graph
 from .models import DEFAULT_ZOO, MODELS, register_model  # noqa: F401  (the registry and the default zoo)
 from .registry import UnknownName, unknown_message
 from .settings import Settings, get_settings
@@ -34,6 +36,9 @@ class LoadedModel:
     module: nn.Module
     weights_sha256: str  # of the state dict actually analysed (see state_dict_sha256)
     file_sha256: Optional[str]  # of the checkpoint file, where there is one
+    #: a graph file's (ONNX, Keras, bare weights: precompute/graphs/): its inventory rows, read from the file,
+    #: and whether it has a graph at all; None for a module in code (the pipeline takes the rows from a forward pass)
+    graph: Optional[GraphModel] = None
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -78,6 +83,9 @@ def default_specs(settings: Optional[Settings] = None) -> list[ModelSpec]:
 def load_model(spec_or_name, settings: Optional[Settings] = None) -> LoadedModel:
     settings = settings or get_settings()
     spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else get_spec(spec_or_name, settings)
+    if is_graph_spec(spec):  # its weights and rows come from the file; nothing is built or run
+        graph, file_sha = load_graph(spec, settings)
+        return LoadedModel(spec, graph.module, state_dict_sha256(graph.module), file_sha, graph)
     module = build(spec.arch, **spec.arch_kwargs)
     file_sha = spec.source.load_into(module, spec, settings)
     module.eval()
