@@ -34,8 +34,8 @@ UPLOAD_EXTENSIONS = CHECKPOINT_EXTENSIONS + tuple(
 
 def file_format(arch: str, filename: str) -> str | None:
     """The graph-file format an upload or ``convscope add`` names: ``arch`` itself when it is one
-    (``onnx``, ``keras``, ``none``), the format the extension says when ``arch`` is empty, else None (an
-    architecture in code). ValueError when the two disagree."""
+    (``onnx``, ``keras``, ``none``), the format the extension says when ``arch`` is empty (or ``auto``), else
+    None (an architecture in code). ValueError when the two disagree."""
     suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
     if arch in FILE_FORMATS:
         exts = FILE_FORMATS[arch][0]
@@ -43,6 +43,8 @@ def file_format(arch: str, filename: str) -> str | None:
             raise ValueError(f"arch {arch!r} reads {', '.join(exts)} files; got {filename[:100]!r}")
         return arch
     by_ext = next((f for f, (exts, auto) in FILE_FORMATS.items() if auto and suffix in exts), None)
+    if by_ext and arch == "auto":  # --arch auto: a file with its graph needs no guess
+        return by_ext
     if by_ext and arch:
         raise ValueError(f"a {suffix} file carries its graph: leave the architecture empty (or give {by_ext!r}), "
                          f"not {arch[:100]!r}")
