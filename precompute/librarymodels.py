@@ -150,7 +150,11 @@ def meta_entry(arch: str) -> dict:
     """The catalogue entry of ``arch``: input size, parameter count, tensor count and signature, from a
     model built on the meta device (no weight memory)."""
     lib, name = split(arch)
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            module = lib.build(name)
+    except (NotImplementedError, RuntimeError):
+        # a constructor that reads a value back (torchvision's RegNets) cannot run on meta: build for real
         module = lib.build(name)
     shapes = state_shapes(module)
     size = lib.input_size(name)
@@ -182,9 +186,17 @@ def build_catalogue(names: Optional[list[str]] = None, progress: bool = True) ->
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="build the torchvision/timm catalogue the server searches")
     ap.add_argument("--write", action="store_true", help=f"write it to {declared.CATALOGUE_FILE.name}")
+    ap.add_argument("--retry-failed", action="store_true",
+                    help="rebuild only the entries the written catalogue lists as failed, keep the others")
     args = ap.parse_args(argv)
     started = time.time()
-    cat = build_catalogue()
+    if args.retry_failed:
+        old = json.loads(declared.CATALOGUE_FILE.read_text())
+        cat = build_catalogue(sorted(old["failed"]))
+        models = {e["name"]: e for e in old["models"] + cat["models"]}
+        cat["models"] = [models[n] for n in all_names() if n in models]
+    else:
+        cat = build_catalogue()
     text = json.dumps(cat, separators=(",", ":"), sort_keys=True) + "\n"
     if args.write:
         declared.CATALOGUE_FILE.write_text(text)

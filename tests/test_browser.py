@@ -516,9 +516,10 @@ def resnet20_checkpoint(tmp_path_factory) -> Path:
 def _upload(page, path, arch, name):
     page.goto("/upload")
     ready(page)
-    page.wait_for_selector(f"#arch option[value='{arch}'], #arch option:text-is('{arch}')", state="attached")
     page.set_input_files("#file", str(path))
-    page.select_option("#arch", arch)
+    page.type("#arch", arch)  # key by key, as a user types: the form searches the names as they come
+    page.wait_for_selector(f"#arch-list option[value='{arch}']", state="attached")
+    page.wait_for_function("document.getElementById('arch-info').textContent.startsWith(arguments[0] + ':')", arg=arch)
     page.fill("#name", name)
     shot(page, "upload-form")
     page.click("#upload-submit")
@@ -560,12 +561,33 @@ def test_upload_form_refuses_a_taken_name(page, srv_models, resnet20_checkpoint)
     ready(page)
     page.watch.allow_status = {409}
     page.set_input_files("#file", str(resnet20_checkpoint))
-    page.select_option("#arch", "resnet20")
+    page.fill("#arch", "resnet20")
     page.fill("#name", srv_models[0])
     page.click("#upload-submit")
     page.wait_for_selector("#upload-error:not([hidden])")
     assert srv_models[0] in page.inner_text("#upload-error") and "exists" in page.inner_text("#upload-error")
     time.sleep(0.1)
+
+
+def test_upload_form_searches_library_architectures_as_the_user_types(page):
+    """The architecture field suggests convscope's own and the torchvision/timm names matching what is
+    typed (not a 1,500-entry select), and shows the chosen one's parameter count and input size before
+    anything is uploaded (issue 18)."""
+    page.goto("/upload")
+    ready(page)
+    assert page.locator("#arch-list option[value='resnet20']").count() == 1  # before typing: our own
+    page.type("#arch", "timm:resnet5")
+    page.wait_for_selector("#arch-list option[value='timm:resnet50']", state="attached")
+    values = page.eval_on_selector_all("#arch-list option", "os => os.map(o => o.value)")
+    assert 1 < len(values) <= 20 and all(v.startswith("timm:") and "resnet5" in v for v in values), values
+    page.type("#arch", "0")
+    page.wait_for_function("document.getElementById('arch-info').textContent.startsWith('timm:resnet50:')")
+    info = page.inner_text("#arch-info")
+    assert "25.6 million parameters" in info and "224×224" in info, info
+    shot(page, "upload-search")
+    page.fill("#arch", "")
+    page.type("#arch", "zzqx")
+    page.wait_for_function("document.getElementById('arch-info').textContent.includes('no architecture matches')")
 
 
 # ---- issue 15: never break on a bad link -------------------------------------------------------------------

@@ -88,11 +88,17 @@ def get(arch: str) -> LibraryModel:
 
 def search(query: str, limit: int = SEARCH_MAX) -> list[LibraryModel]:
     """The catalogue's names that contain every word of ``query`` (case-insensitive; "res 50" finds
-    timm:resnet50 and torchvision:resnet50), those that start with the first word first, then shortest."""
+    timm:resnet50 and torchvision:resnet50). Ranked: the name equal to the query's (prefix-less) words,
+    then names that start with the first of them, then the shorter names."""
     words = [w for w in query.lower().replace(":", " ").split() if w]
     if not words:
         return []
     hits = [m for n, m in catalogue().items() if all(w in n.lower() for w in words)]
-    first = words[0]
-    hits.sort(key=lambda m: (not m.name.split(":", 1)[1].lower().startswith(first), len(m.name), m.name))
-    return hits[:max(0, limit)]
+    bare_words = [w for w in words if w not in PREFIXES] or words
+    whole, first = "".join(bare_words), bare_words[0]
+
+    def rank(m: LibraryModel) -> tuple:
+        bare = m.name.split(":", 1)[1].lower()
+        return bare != whole, not bare.startswith(first), len(bare), m.name
+
+    return sorted(hits, key=rank)[:max(0, limit)]
