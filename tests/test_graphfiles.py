@@ -529,3 +529,22 @@ def test_the_command_line_adds_an_onnx_file_without_arch(tmp_path):
     torch.save(build("resnet20").state_dict(), pt)
     bad = subprocess.run(cli + [str(pt), "--name", "cli-pt"], env=env, cwd=root, capture_output=True, text=True)
     assert bad.returncode == 2 and "does not carry its graph" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_malformed_graphs_fail_as_the_files_fault(tmp_path):
+    """Attributes of the wrong type (ONNX strides of strings, a Keras kernel_size in words): ModelError naming
+    the file, never a traceback from inside the reader."""
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, strides=["a"])  # strides of strings
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ModelError, match="bad.onnx"):
+        read_graph(path, "onnx", None, 2.0)
+    keras = write_keras_h5(tmp_path / "bad.h5", {"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 8, 8, 3]}},
+        {"class_name": "Conv2D", "config": {"name": "c", "filters": 2, "kernel_size": "three"}}]}},
+        {"c": [("kernel", np.ones((3, 3, 3, 2), np.float32))]})
+    with pytest.raises(ModelError, match="bad.h5"):
+        read_graph(keras, "keras", None, 2.0)

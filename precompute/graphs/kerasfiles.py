@@ -202,6 +202,14 @@ def read_keras(path: Path, input_size: Optional[tuple[int, int, int]], max_expan
     config, weights, handle = _open(path, max_expansion)
     try:
         return _read(path, config, weights, path.suffix.lower() == ".keras" or zipfile.is_zipfile(path), input_size)
+    except ModelError as e:
+        if str(path) in str(e):
+            raise
+        raise ModelError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError) as e:
+        # a config or weight layout that does not say what Keras writes: the file's fault, named as such
+        raise ModelError(f"{path}: not a Keras model convscope can read ({type(e).__name__}: {str(e)[:200]}); "
+                         f"save it again with model.save, or export it to ONNX") from None
     finally:
         handle.close()
 

@@ -503,6 +503,16 @@ def _nhwc_columns_to_nchw(weight: torch.Tensor, C: int, H: int, W: int) -> torch
 def read_onnx(path: Path, input_size: Optional[tuple[int, int, int]], max_expansion: float) -> GraphModel:
     """The layers of the ONNX file ``path`` at the declared ``input_size`` (C, H, W) (None: the graph's)."""
     model = _load(path, max_expansion)
+    try:
+        return _read(path, model, input_size)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        # a graph that breaks what the ONNX spec promises (an attribute of the wrong type, a weight of the
+        # wrong shape): the file's fault, named as such
+        raise ModelError(f"{path}: an ONNX graph convscope cannot read ({type(e).__name__}: {str(e)[:200]}); "
+                         f"check it with onnx.checker.check_model and export it again") from None
+
+
+def _read(path: Path, model: onnx.ModelProto, input_size: Optional[tuple[int, int, int]]) -> GraphModel:
     graph = _Graph(model, path)
     kinds = {i: k for i, n in enumerate(graph.nodes) if (k := _weight_layer_kind(graph, n))}
     if not any(k in ("conv", "linear") for k in kinds.values()):
