@@ -86,6 +86,20 @@ const CS = (() => {
     return true;
   }
   function onPop(fn) { window.addEventListener("popstate", () => fn(query())); }
+  /** Put a page's view `state` in the query string: the values that differ from `defaults` (and the keys in
+   *  `opts.keep`, always); a history entry unless `opts.replace`. Back/forward: `onPop`. */
+  function viewURL(state, defaults, opts) {
+    const o = opts || {}, keep = o.keep || [];
+    const q = {};
+    Object.keys(state).forEach((k) => { if (state[k] !== defaults[k] || keep.includes(k)) q[k] = state[k]; });
+    return setQuery(q, { replace: !!o.replace });
+  }
+  /** A cluster count from a URL as the string the k selects use: clamped to the server's k range
+   *  (limits.k_min..k_max), `fallback` when it is not a number. */
+  function clampK(value, fallback) {
+    const k = parseInt(value, 10);
+    return String(isNaN(k) ? fallback : Math.max(limits.k_min, Math.min(limits.k_max, k)));
+  }
 
   // ---- downloads and figure exports ---------------------------------------------------------
   function safe(s) { return String(s).replace(/[^A-Za-z0-9._-]+/g, "_"); }
@@ -176,6 +190,8 @@ const CS = (() => {
     });
     return out;
   }
+  /** the i-th colour of the palette (wrapping around) */
+  const colour = (i) => palette[i % palette.length];
   /** the diverging scale of the canvases (blue negative, white zero, red positive) for Plotly */
   const rdbu = [[0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1, "#b2182b"]];
   // on a phone the toolbar would sit on the chart's title: no toolbar there (the PNG button exports)
@@ -209,6 +225,45 @@ const CS = (() => {
     await Plotly.react(div, traces, layout(lay), config);
     div.dataset.rendered = "1";
     return div;
+  }
+
+  // ---- charts more than one page draws ------------------------------------------------------------
+  /** Depth profiles, one line per series: `series` [{name, rows: profile points ({layer, value, ...}), colour}],
+   *  `x(point, i)` and `y(point)` the coordinates. The layer is each point's customdata (a click opens it). */
+  function profileLines(series, x, y, markerSize) {
+    return series.map((s) => ({ type: "scatter", mode: "lines+markers", name: s.name, x: s.rows.map(x), y: s.rows.map(y),
+      customdata: s.rows.map((p) => p.layer), line: { color: s.colour, width: 2 }, marker: { size: markerSize },
+      hovertemplate: `${escapeHTML(s.name)}<br>%{customdata}: %{y:.3f}<extra></extra>` }));
+  }
+  /** A weight histogram as a step line: bin centres of `edges` (N + 1) against each bin's share of all the
+   *  `counts` (N). `style`: {colour, width} of the line; `extra`: more trace properties (hovertemplate, fill). */
+  function histTrace(edges, counts, name, style, extra) {
+    const total = counts.reduce((a, b) => a + b, 0) || 1;
+    return Object.assign({ type: "scatter", mode: "lines", name, x: counts.map((_, i) => (edges[i] + edges[i + 1]) / 2),
+      y: counts.map((c) => c / total), line: { shape: "hvh", color: style.colour, width: style.width } }, extra || {});
+  }
+  /** CSV rows of histograms over the same bins: bin_left, bin_right, then the counts of each of `names`. */
+  function histCSV(edges, names, counts) {
+    return [["bin_left", "bin_right"].concat(names)].concat(edges.slice(0, -1).map((e, j) => [e, edges[j + 1]].concat(counts.map((c) => c[j]))));
+  }
+  /** The clusters figure (the weight-banding article's figure 12): for each pair (its label in `labels`) a
+   *  stacked bar of the share of its neurons in each of the k clusters of `clusters` (GET /api/clusters),
+   *  and each cluster's centroid image in `cbox`. `lay`: the chart's height, and x-axis settings to add. */
+  async function clustersChart(div, cbox, clusters, labels, lay) {
+    await plot(div, Array.from({ length: clusters.k }, (_, c) => ({
+      type: "bar", name: `cluster ${c + 1}`, x: labels, y: clusters.proportions.map((row) => row[c]), marker: { color: colour(c), line: { color: "#fff", width: 0.6 } },
+      hovertemplate: `%{x}<br>cluster ${c + 1}: %{y:.1%}<extra></extra>`,
+    })), { barmode: "stack", height: lay.height, yaxis: { tickformat: ".0%", range: [0, 1], title: { text: "share of neurons" } },
+      xaxis: Object.assign({ type: "category", tickfont: { size: 10.5 } }, lay.xaxis || {}), legend: { orientation: "v", x: 1.02, y: 1 } });
+    clusters.centroids.forEach((img, c) => {
+      const d = document.createElement("div");
+      const cv = document.createElement("canvas");
+      drawRGB(cv, img);
+      cv.style.borderColor = colour(c);
+      d.appendChild(cv);
+      d.appendChild(document.createTextNode(`${c + 1} · ${clusters.sizes[c]}`));
+      cbox.appendChild(d);
+    });
   }
 
   // ---- canvases: neuron images, heatmaps ---------------------------------------------------------
@@ -532,7 +587,8 @@ const CS = (() => {
     if (!boot.page || ["apidocs", "jobs", "error"].includes(boot.page)) document.body.dataset.ready = "1";
   });
 
-  return { boot, limits, $, $$, api, urls, enc, toast, copyLink, query, setQuery, onPop, download, downloadText, csv, safe,
-    plotPNG, figure, showError, escapeHTML, palette, rdbu, layout, config, plot, plotly, plotAfter, drawGrid, bindGrid, drawRGB, drawHeat,
+  return { boot, limits, $, $$, api, urls, enc, toast, copyLink, query, setQuery, onPop, viewURL, clampK, download, downloadText, csv, safe,
+    plotPNG, figure, showError, escapeHTML, palette, colour, rdbu, layout, config, plot, plotly, plotAfter,
+    profileLines, histTrace, histCSV, clustersChart, drawGrid, bindGrid, drawRGB, drawHeat,
     diverging, composePNG, gridsPNG, sortableTable, tableRows, occupiedRange, fmt, debounce };
 })();

@@ -8,8 +8,7 @@
   let kNote = "";
   function read(q) {
     const s = Object.assign({}, DEFAULTS, q);
-    const k = parseInt(s.k, 10);
-    s.k = String(isNaN(k) ? L.k_default : Math.max(L.k_min, Math.min(L.k_max, k)));
+    s.k = CS.clampK(s.k, L.k_default);
     kNote = q.k !== undefined && String(q.k) !== s.k ? `k=${String(q.k).slice(0, 20)} is not a cluster count this page offers (${L.k_min} to ${L.k_max}); showing k = ${s.k}.` : "";
     if (!["depth", "index"].includes(s.x)) s.x = "depth";
     return { pairs: s.pairs, k: s.k, x: s.x };
@@ -17,13 +16,11 @@
   let state = read(CS.query());
   const pairList = () => (state.pairs ? state.pairs.split(",").filter((p) => p.includes(":")) : []);
   const split = (p) => { const i = p.indexOf(":"); return [p.slice(0, i), p.slice(i + 1)]; };
-  const colour = (i) => CS.palette[i % CS.palette.length];
+  const colour = CS.colour;
 
   function push(changes, replace) {
     state = Object.assign({}, state, changes);
-    const q = {};
-    Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k] || k === "pairs") q[k] = state[k]; });
-    CS.setQuery(q, { replace: !!replace });
+    CS.viewURL(state, DEFAULTS, { replace, keep: ["pairs"] });
     render();
   }
   CS.onPop((q) => { state = read(q); render(); });
@@ -136,22 +133,7 @@
     if (seq !== renderSeq) return;  // a newer render owns the figure (and the link) now
     clusters = got;
     clustersLink(url);
-    const k = clusters.k;
-    const labels = pairs.map((p, i) => `${i + 1}. ${p}`);
-    await CS.plot(div, Array.from({ length: k }, (_, c) => ({
-      type: "bar", name: `cluster ${c + 1}`, x: labels, y: clusters.proportions.map((r) => r[c]), marker: { color: colour(c), line: { color: "#fff", width: 0.6 } },
-      hovertemplate: `%{x}<br>cluster ${c + 1}: %{y:.1%}<extra></extra>`,
-    })), { barmode: "stack", height: 360, yaxis: { tickformat: ".0%", range: [0, 1], title: { text: "share of neurons" } }, xaxis: { type: "category", tickfont: { size: 10.5 } }, legend: { orientation: "v", x: 1.02, y: 1 } });
-    const cbox = el("centroids");
-    clusters.centroids.forEach((img, c) => {
-      const d = document.createElement("div");
-      const cv = document.createElement("canvas");
-      CS.drawRGB(cv, img);
-      cv.style.borderColor = colour(c);
-      d.appendChild(cv);
-      d.appendChild(document.createTextNode(`${c + 1} · ${clusters.sizes[c]}`));
-      cbox.appendChild(d);
-    });
+    await CS.clustersChart(div, el("centroids"), clusters, pairs.map((p, i) => `${i + 1}. ${p}`), { height: 360 });
   }
 
   async function renderProfiles(pairs) {
@@ -159,11 +141,8 @@
     const details = await Promise.all(models.map((m) => CS.api(CS.urls.model(m))));
     const xOf = (p, i) => (state.x === "depth" ? p.depth : i);
     const xTitle = state.x === "depth" ? "relative depth (conv layers)" : "conv layer index";
-    const lines = (key, val) => details.map((d, j) => {
-      const rows = d.profiles[key].filter((p) => val(p) !== null && val(p) !== undefined && (key !== "gamma" || p.depth !== null));
-      return { type: "scatter", mode: "lines+markers", name: models[j], x: rows.map((p, i) => xOf(p, i)), y: rows.map(val), customdata: rows.map((p) => p.layer),
-        line: { color: colour(j), width: 2 }, marker: { size: 6 }, hovertemplate: `${CS.escapeHTML(models[j])}<br>%{customdata}: %{y:.3f}<extra></extra>` };
-    });
+    const lines = (key, val) => CS.profileLines(details.map((d, j) => ({ name: models[j], colour: colour(j),
+      rows: d.profiles[key].filter((p) => val(p) !== null && val(p) !== undefined && (key !== "gamma" || p.depth !== null)) })), xOf, val, 6);
     const click = (div) => { if (!div.dataset.bound) { div.dataset.bound = "1"; div.on("plotly_click", (ev) => { const p = ev.points[0]; location.href = CS.urls.layerPage(models[p.curveNumber], p.customdata); }); } };
     await CS.plot("plot-csymmetry", lines("symmetry", (p) => p.value), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { range: [0, 1.02], title: { text: "symmetry S" } } }).then(click);
     await CS.plot("plot-cbanding", lines("banding", (p) => p.value), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { range: [-1.05, 1.05], title: { text: "banding index" } } }).then(click);
@@ -176,15 +155,12 @@
 
   async function renderHistograms(pairs) {
     hists = await Promise.all(pairs.map(async (p) => { const [m, l] = split(p); return (await CS.api(CS.urls.result(m, l, "histogram"))).data; }));
-    const htraces = hists.map((h, i) => {
-      const total = h.counts.reduce((a, b) => a + b, 0) || 1;
-      return { type: "scatter", mode: "lines", name: pairs[i], x: h.counts.map((_, j) => (h.edges[j] + h.edges[j + 1]) / 2), y: h.counts.map((c) => c / total),
-        line: { shape: "hvh", color: colour(i), width: 1.8 }, hovertemplate: `${CS.escapeHTML(pairs[i])}<br>w ≈ %{x:.3g}: %{y:.2%}<extra></extra>` };
-    });
+    const htraces = hists.map((h, i) => CS.histTrace(h.edges, h.counts, pairs[i], { colour: colour(i), width: 1.8 },
+      { hovertemplate: `${CS.escapeHTML(pairs[i])}<br>w ≈ %{x:.3g}: %{y:.2%}<extra></extra>` }));
     await CS.plot("plot-chistogram", htraces, { height: 320, xaxis: { title: { text: "weight w (shared bins)" }, range: CS.occupiedRange(htraces) }, yaxis: { tickformat: ".1%", title: { text: "share of weights" } } });
     CS.figure("chistogram", "compare_histograms", {
       png: () => CS.plotPNG(el("plot-chistogram")),
-      csv: () => [["bin_left", "bin_right"].concat(pairs)].concat(hists[0].edges.slice(0, -1).map((e, j) => [e, hists[0].edges[j + 1]].concat(hists.map((h) => h.counts[j])))),
+      csv: () => CS.histCSV(hists[0].edges, pairs, hists.map((h) => h.counts)),
       json: () => pairs.map((p, i) => ({ pair: p, histogram: hists[i] })),
     });
   }

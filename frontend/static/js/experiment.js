@@ -9,7 +9,7 @@
   if (CS.boot.page !== "experiment") { document.body.dataset.ready = "1"; return; }
   const D = CS.boot.data;
   const el = (id) => document.getElementById(id);
-  const colour = (i) => CS.palette[i % CS.palette.length];
+  const colour = CS.colour;
   const stem = (s) => `${D.name}_${s}`;
   const V = D.variants;
   // conv layers with a training history (the union over variants, in execution order of the first that has them)
@@ -21,8 +21,7 @@
   function read(q) {
     const s = Object.assign({}, DEFAULTS, q);
     if (!D.layers.includes(s.layer)) s.layer = DEFAULTS.layer;
-    const k = parseInt(s.k, 10);
-    s.k = String(isNaN(k) ? DEFAULTS.k : Math.max(CS.limits.k_min, Math.min(CS.limits.k_max, k)));
+    s.k = CS.clampK(s.k, DEFAULTS.k);
     const cl = String(s.clayers || "").split(",").filter((l) => D.layers.includes(l));
     s.clayers = (cl.length ? cl : DEFAULTS.clayers.split(",").filter(Boolean)).join(",");
     if (!HLAYERS.includes(s.hlayer)) s.hlayer = DEFAULTS.hlayer;
@@ -32,9 +31,7 @@
   let state = read(CS.query());
   function push(changes) {
     state = read(Object.assign({}, state, changes));
-    const q = {};
-    Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k]) q[k] = state[k]; });
-    CS.setQuery(q);
+    CS.viewURL(state, DEFAULTS);
     render();
   }
   CS.onPop((q) => { state = read(q); render(); });
@@ -155,11 +152,8 @@
   async function renderProfiles() {
     if (profilesDone) return;
     profilesDone = true;
-    const lines = (key) => V.map((r, i) => {
-      const rows = r.profiles[key];
-      return { type: "scatter", mode: "lines+markers", name: r.variant, x: rows.map((p) => p.label), y: rows.map((p) => p.value), customdata: rows.map((p) => p.layer),
-        line: { color: colour(i), width: 2 }, marker: { size: 7 }, hovertemplate: `${CS.escapeHTML(r.variant)}<br>%{customdata}: %{y:.3f}<extra></extra>` };
-    });
+    const lines = (key) => CS.profileLines(V.map((r, i) => ({ name: r.variant, rows: r.profiles[key], colour: colour(i) })),
+      (p) => p.label, (p) => p.value, 7);
     const order = (key) => { const seen = []; V.forEach((r) => r.profiles[key].forEach((p) => { if (!seen.includes(p.label)) seen.push(p.label); })); return seen; };
     const xaxis = (labels) => ({ type: "category", categoryorder: "array", categoryarray: labels, tickangle: labels.length > 10 ? -50 : 0, tickfont: { size: 10, family: "ui-monospace, monospace" } });
     const click = (div) => { div.on("plotly_click", (ev) => { const p = ev.points[0]; location.href = CS.urls.layerPage(V[p.curveNumber].model, p.customdata); }); };
@@ -264,20 +258,7 @@
     el("clusters-json").href = url;
     try { clusters = await CS.api(url); } catch (e) { CS.showError(div, e); return; }
     const labels = used.map((p) => `${p[0]} · ${p[2]}`);
-    await CS.plot(div, Array.from({ length: clusters.k }, (_, c) => ({
-      type: "bar", name: `cluster ${c + 1}`, x: labels, y: clusters.proportions.map((row) => row[c]), marker: { color: colour(c), line: { color: "#fff", width: 0.6 } },
-      hovertemplate: `%{x}<br>cluster ${c + 1}: %{y:.1%}<extra></extra>`,
-    })), { barmode: "stack", height: 380, yaxis: { tickformat: ".0%", range: [0, 1], title: { text: "share of neurons" } },
-      xaxis: { type: "category", tickfont: { size: 10.5 }, tickangle: labels.length > 6 ? -30 : 0 }, legend: { orientation: "v", x: 1.02, y: 1 } });
-    clusters.centroids.forEach((img, c) => {
-      const d = document.createElement("div");
-      const cv = document.createElement("canvas");
-      CS.drawRGB(cv, img);
-      cv.style.borderColor = colour(c);
-      d.appendChild(cv);
-      d.appendChild(document.createTextNode(`${c + 1} · ${clusters.sizes[c]}`));
-      cbox.appendChild(d);
-    });
+    await CS.clustersChart(div, cbox, clusters, labels, { height: 380, xaxis: { tickangle: labels.length > 6 ? -30 : 0 } });
     if (pairs.length > used.length) CS.toast(`clusters: the first ${used.length} of ${pairs.length} (variant, layer) pairs`);
     CS.figure("clusters", stem(`clusters_k${clusters.k}`), {
       png: () => CS.plotPNG(div),
@@ -301,9 +282,7 @@
   const q = CS.query();
   if ((q.layer && q.layer !== state.layer) || (q.k && q.k !== state.k) || (q.clayers && q.clayers !== state.clayers) ||
       (q.hlayer && q.hlayer !== state.hlayer) || (q.hgamma && q.hgamma !== state.hgamma)) {
-    const fixed = {};
-    Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k]) fixed[k] = state[k]; });
-    CS.setQuery(fixed, { replace: true });
+    CS.viewURL(state, DEFAULTS, { replace: true });
   }
   render();
 })();

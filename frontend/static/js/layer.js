@@ -35,11 +35,7 @@
     state.overlay = state.overlay.split(",").filter((p) => p && !goneSet.has(p)).join(",");
     replaceURL();
   }
-  function replaceURL() {
-    const q = {};
-    Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k]) q[k] = state[k]; });
-    CS.setQuery(q, { replace: true });
-  }
+  function replaceURL() { CS.viewURL(state, DEFAULTS, { replace: true }); }
   function note(id, html) {
     const n = el(id);
     if (!n) return;
@@ -48,9 +44,7 @@
   }
   function push(changes) {
     state = Object.assign({}, state, changes);
-    const q = {};
-    Object.keys(state).forEach((k) => { if (state[k] !== DEFAULTS[k]) q[k] = state[k]; });
-    CS.setQuery(q);
+    CS.viewURL(state, DEFAULTS);
     render();
   }
   CS.onPop((q) => { state = read(q); render(); });
@@ -174,13 +168,9 @@
   }
   function histTrace(h, name, color, main) {
     const log = state.abslog === "1";
-    const edges = log ? h.log_edges : h.edges, counts = log ? h.log_counts : h.counts;
-    const total = counts.reduce((a, b) => a + b, 0) || 1;
-    const x = [], y = [];
-    counts.forEach((c, i) => { x.push((edges[i] + edges[i + 1]) / 2); y.push(c / total); });
-    return { type: "scatter", mode: "lines", name, x, y, line: { shape: "hvh", color, width: main ? 2 : 1.6 },
-      fill: main ? "tozeroy" : "none", fillcolor: "rgba(79,70,229,0.12)",
-      hovertemplate: `${CS.escapeHTML(name)}<br>${log ? "log₁₀|w|" : "w"} ≈ %{x:.3g}<br>share %{y:.3%}<extra></extra>` };
+    return CS.histTrace(log ? h.log_edges : h.edges, log ? h.log_counts : h.counts, name, { colour: color, width: main ? 2 : 1.6 },
+      { fill: main ? "tozeroy" : "none", fillcolor: "rgba(79,70,229,0.12)",
+        hovertemplate: `${CS.escapeHTML(name)}<br>${log ? "log₁₀|w|" : "w"} ≈ %{x:.3g}<br>share %{y:.3%}<extra></extra>` });
   }
   async function renderHistogram() {
     if (!has("histogram")) return;
@@ -193,7 +183,7 @@
       try { if (!overlayData.has(p)) overlayData.set(p, await histOf(p)); datas.push([p, overlayData.get(p)]); } catch (e) { CS.toast(`overlay ${p}: ${e.message.split(". Known")[0]}`); }
     }
     note("ov-note", overlayGone.length ? `Left out of this link's overlays (gone): ` + overlayGone.map((g) => `<code>${CS.escapeHTML(g.pair)}</code> (${CS.escapeHTML(g.reason)})`).join("; ") : "");
-    const traces = [histTrace(histMain, `${model}:${layer}`, CS.palette[0], true)].concat(datas.map(([p, h], i) => histTrace(h, p, CS.palette[(i + 1) % CS.palette.length], false)));
+    const traces = [histTrace(histMain, `${model}:${layer}`, CS.colour(0), true)].concat(datas.map(([p, h], i) => histTrace(h, p, CS.colour(i + 1), false)));
     await CS.plot("plot-histogram", traces, {
       height: 330, showlegend: ov.length > 0,
       xaxis: { title: { text: state.abslog === "1" ? "log₁₀ |w|" : "weight w" }, range: CS.occupiedRange(traces) },
@@ -202,8 +192,8 @@
     });
     const rows = [[`${model}:${layer}`, histMain]].concat(datas);
     el("hist-stats").innerHTML = `<table><thead><tr><th>layer</th><th>mean</th><th>std</th><th>kurtosis</th><th>near zero</th><th>top-10% L1 share</th></tr></thead><tbody>` +
-      rows.map(([n, h], i) => `<tr><td><span class="swatch" style="background:${CS.palette[i % CS.palette.length]}"></span>${CS.escapeHTML(n)}</td><td>${CS.fmt(h.mean, 4)}</td><td>${CS.fmt(h.std, 4)}</td><td>${CS.fmt(h.kurtosis, 2)}</td><td>${(100 * h.near_zero).toFixed(2)} %</td><td>${(100 * h.top10_l1_share).toFixed(1)} %</td></tr>`).join("") + "</tbody></table>";
-    el("ov-chips").innerHTML = ov.map((p, i) => `<button type="button" class="chip" data-pair="${CS.escapeHTML(p)}" title="remove"><span class="swatch" style="background:${CS.palette[(i + 1) % CS.palette.length]}"></span>${CS.escapeHTML(p)}<span class="x">×</span></button>`).join("");
+      rows.map(([n, h], i) => `<tr><td><span class="swatch" style="background:${CS.colour(i)}"></span>${CS.escapeHTML(n)}</td><td>${CS.fmt(h.mean, 4)}</td><td>${CS.fmt(h.std, 4)}</td><td>${CS.fmt(h.kurtosis, 2)}</td><td>${(100 * h.near_zero).toFixed(2)} %</td><td>${(100 * h.top10_l1_share).toFixed(1)} %</td></tr>`).join("") + "</tbody></table>";
+    el("ov-chips").innerHTML = ov.map((p, i) => `<button type="button" class="chip" data-pair="${CS.escapeHTML(p)}" title="remove"><span class="swatch" style="background:${CS.colour(i + 1)}"></span>${CS.escapeHTML(p)}<span class="x">×</span></button>`).join("");
     CS.$$("#ov-chips .chip").forEach((b) => { b.onclick = () => push({ overlay: ov.filter((p) => p !== b.dataset.pair).join(",") }); });
   }
   async function setupHistogram() {
@@ -235,8 +225,7 @@
       csv: () => {
         const log = state.abslog === "1";
         const hs = [[`${model}:${layer}`, histMain]].concat(overlays().filter((p) => overlayData.has(p)).map((p) => [p, overlayData.get(p)]));
-        const edges = log ? histMain.log_edges : histMain.edges;
-        return [["bin_left", "bin_right"].concat(hs.map(([n]) => n))].concat(edges.slice(0, -1).map((e, i) => [e, edges[i + 1]].concat(hs.map(([, h]) => (log ? h.log_counts : h.counts)[i]))));
+        return CS.histCSV(log ? histMain.log_edges : histMain.edges, hs.map(([n]) => n), hs.map(([, h]) => (log ? h.log_counts : h.counts)));
       },
     });
   }

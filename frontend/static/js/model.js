@@ -99,10 +99,10 @@
     if (P.gamma.length) {
       const labels = P.gamma.map((p) => p.layer);
       const ticks = P.gamma.map((p) => p.follows ? p.follows : p.layer);
-      const colors = { "0.01": "#e11d48", "0.05": "#f97316", "0.1": "#eab308" };
-      await CS.plot("plot-gamma", CS.limits.gamma_thresholds.map((t) => ({
+      const colors = ["#e11d48", "#f97316", "#eab308"];  // strictest threshold first (limits.gamma_thresholds' order)
+      await CS.plot("plot-gamma", CS.limits.gamma_thresholds.map((t, j) => ({
         type: "scatter", mode: "lines+markers", name: `|γ| < ${t}`, x: labels, y: P.gamma.map((p) => p.values[t]),
-        customdata: P.gamma.map((p) => [p.layer, p.follows || "—"]), line: { color: colors[t], width: 2 }, marker: { size: 6 },
+        customdata: P.gamma.map((p) => [p.layer, p.follows || "—"]), line: { color: colors[j % colors.length], width: 2 }, marker: { size: 6 },
         hovertemplate: `<b>%{customdata[0]}</b> (after %{customdata[1]})<br>|γ| < ${t}: %{y:.1%}<extra></extra>`,
       })), {
         height: 340, xaxis: (() => { const step = Math.max(1, Math.ceil(labels.length / 26)); return Object.assign(labelAxis(labels.length), { tickvals: labels.filter((_, i) => i % step === 0), ticktext: ticks.filter((_, i) => i % step === 0) }); })(),
