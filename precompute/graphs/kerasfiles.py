@@ -45,7 +45,10 @@ PASS_THROUGH = POINTWISE | {"InputLayer", "MaxPooling2D", "AveragePooling2D", "G
 WEIGHTED = {"Conv2D", "DepthwiseConv2D", "BatchNormalization", "Dense"}
 _REFUSED = {"Lambda": "it holds Python code, which convscope never runs",
             "TFOpLambda": "it holds a TensorFlow op call, which convscope never runs",
-            "SlicingOpLambda": "it holds a TensorFlow op call, which convscope never runs"}
+            "SlicingOpLambda": "it holds a TensorFlow op call, which convscope never runs",
+            "Functional": "a model nested in the model (e.g. a pretrained base): save the inner model alone",
+            "Model": "a model nested in the model (e.g. a pretrained base): save the inner model alone",
+            "Sequential": "a model nested in the model: save the inner model alone"}
 
 
 def _pair(v, name: str) -> tuple[int, int]:
