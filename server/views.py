@@ -16,8 +16,6 @@ from .errors import BadRequest, ExplorerError, NotFound, nearest
 from .findings import finite
 from .reader import CacheReader
 
-#: the layer types that have neurons (conv/linear: output units; batchnorm: channels)
-NEURON_TYPES = ("conv", "linear", "batchnorm")
 #: a neuron index as a client sends it (the OpenAPI pattern of the neuron parameter)
 NEURON_PATTERN = r"^-?[0-9]{1,11}$"
 NEURON = re.compile(NEURON_PATTERN)
@@ -289,6 +287,7 @@ def parse_int(value: Any, name: str, lo: int, hi: int) -> int:
 
 
 def neuron_count(row: dict) -> Optional[int]:
+    """The neurons of a layer: conv and linear layers' output units, a BatchNorm's channels; None for others."""
     if row.get("type") in ("conv", "linear"):
         shape = row.get("weight_shape") or []
         return int(row.get("out_channels") or (shape[0] if shape else 0)) or None
