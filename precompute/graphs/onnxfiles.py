@@ -273,17 +273,16 @@ def _shapes(model: onnx.ModelProto, graph: _Graph, size: tuple[int, int, int]) -
 
     Inferred on a copy without the large weights' bytes (shape inference reads only the small integer
     tensors that shapes are computed from), so a big model is not held twice."""
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    for t in light.graph.initializer:
-        if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16) \
-                and math.prod(t.dims) > 64:
-            t.ClearField("raw_data")
-            t.ClearField("float_data")
-            t.ClearField("double_data")
-            t.ClearField("int32_data")
-            # keep the declared type and shape: a dense zero buffer would cost what we avoid
-            t.raw_data = b""
+    light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import)
+    g = model.graph
+    light.graph.node.extend(g.node)
+    light.graph.input.extend(g.input)
+    light.graph.output.extend(g.output)
+    for t in g.initializer:  # small tensors whole, large ones by name, type and shape only: no weight copied
+        if math.prod(t.dims) <= 64:
+            light.graph.initializer.append(t)
+        else:
+            light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
     first = next(i for i in light.graph.input if i.name == graph.inputs[0].name)
     for d, v in zip(first.type.tensor_type.shape.dim, (1, *size)):
         d.ClearField("dim_param")
