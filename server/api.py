@@ -18,7 +18,7 @@ from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse
 
 from precompute.declarations.analyses import layer_analyses
-from precompute.declarations.library import SEARCH_MAX
+from precompute.declarations.library import SEARCH_MAX, SEARCH_PATTERN
 from precompute.declarations.limits import CLUSTER_K_DEFAULT, CLUSTER_K_PATTERN, JOB_KINDS, MAX_CLUSTER_PAIRS
 from precompute.names import (ANALYSIS_PATTERN, LAYER_PATTERN, MODEL_PATTERN, InvalidName, check_analysis_name,
                               check_model_name)
@@ -225,7 +225,8 @@ def get_architectures():
                                                                    422: ERRORS[422]},
             summary="Architectures whose names contain every word of q: the declared ones and the "
                     "torchvision/timm models (torchvision:NAME, timm:NAME), with parameter counts")
-def search_architectures(q: str = Query(..., min_length=1, max_length=100, description="words, e.g. 'resnet 50'"),
+def search_architectures(q: str = Query(..., min_length=1, max_length=100, pattern=SEARCH_PATTERN,
+                                        description="words, e.g. 'resnet 50'"),
                          limit: int = Query(20, ge=1, le=SEARCH_MAX)):
     return JSONResponse(uploads.search_architectures(q, limit))
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from precompute.cache import ResultKey
+from precompute.declarations.limits import UPLOAD_EXTENSIONS
 
 pytest_plugins = ["server_fixtures"]
 pytest.register_assert_rewrite("server_fixtures")
@@ -968,7 +969,8 @@ def test_clusters_schema_requires_pairs(srv_client):
     r = srv_client.get("/api/clusters?k=8")
     assert r.status_code == 422 and "pairs" in detail(r)
     upload = spec["paths"]["/api/uploads"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert upload["properties"]["file"]["x-extensions"] == [".safetensors", ".pt", ".pth", ".th"]
+    assert upload["properties"]["file"]["x-extensions"] == list(UPLOAD_EXTENSIONS)
+    assert {".safetensors", ".pt", ".pth", ".th", ".onnx", ".h5", ".keras"} <= set(UPLOAD_EXTENSIONS)
     for op in ("/api/uploads", "/api/models/{model}/precompute"):
         assert spec["paths"][op]["post"]["responses"]["202"]["links"]["GetJob"]["operationId"] == "get_job"
 

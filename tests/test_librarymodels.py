@@ -172,7 +172,7 @@ def _pages_browse(settings, name: str) -> None:
     with TestClient(create_app(settings)) as c:
         m = c.get(f"/api/models/{name}")
         assert m.status_code == 200, m.text
-        convs = [r["name"] for r in m.json()["inventory"] if r["kind"] == "conv"]
+        convs = [r["name"] for r in m.json()["inventory"] if r["type"] == "conv"]
         assert convs, m.json()["inventory"][:3]
         assert c.get(f"/models/{name}").status_code == 200
         for layer in (convs[0], convs[-1]):
@@ -187,7 +187,7 @@ def test_a_random_library_model_goes_through_add_to_layer_pages(arch, lib_settin
     name, path = _checkpoint(arch, tmp_path)
     assert add([str(path), "--arch", arch, "--name", name], lib_settings.data_dir, monkeypatch) == 0
     record = precompute_model(name, lib_settings)
-    assert record["arch"] == arch and not record["errors"], record["errors"]
+    assert record["spec"]["arch"] == arch and not record["errors"], record["errors"]
     _pages_browse(lib_settings, name)
 
 
@@ -234,6 +234,8 @@ def test_upload_checks_library_names_before_queueing(tmp_path):
         assert hit["timm:resnet50"]["params"] == 25_557_032 and hit["timm:resnet50"]["input_size"] == [3, 224, 224]
         assert c.get("/api/architectures/search?q=").status_code == 422
         assert c.get("/api/architectures/search?q=" + "x" * 101).status_code == 422
+        for bad in ("..", "~", "..%2fetc", "a%00b"):  # nothing to search for: refused, not searched
+            assert c.get(f"/api/architectures/search?q={bad}").status_code == 422, bad
         r = c.post("/api/uploads", files={"file": ("m.safetensors", b"x" * 10)}, data={"arch": "timm:resnet5", "name": "x1"})
         assert r.status_code == 422 and "timm:resnet5" in r.json()["detail"] and "/api/architectures/search" in r.json()["detail"]
         r = c.post("/api/uploads", files={"file": ("m.safetensors", b"x" * 10)}, data={"arch": "timm:../../etc", "name": "x1"})

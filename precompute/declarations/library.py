@@ -26,6 +26,9 @@ CATALOGUE_FILE = Path(__file__).with_name("library_models.json")
 CATALOGUE_FORMAT = 1
 #: most matches one search returns (the upload form shows them as the user types)
 SEARCH_MAX = 50
+#: what a search may hold: the characters of architecture names and spaces, with a letter or digit
+#: (".." or "~" search nothing; a path never reaches a lookup)
+SEARCH_PATTERN = r"^[A-Za-z0-9 _.:+-]*[A-Za-z0-9][A-Za-z0-9 _.:+-]*$"
 
 
 @dataclass(frozen=True)
