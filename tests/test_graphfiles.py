@@ -215,7 +215,7 @@ def test_weights_alone(tmp_settings, tmp_path):
     spec = add_user_model(path, "none", "r20-bare", tmp_settings)
     assert spec.arch == "none"
     record = precompute_model("r20-bare", tmp_settings, device="cpu",
-                              analyses=["symmetry", "nmf", "svd", "batchnorm", "histogram"])
+                              analyses=["symmetry", "nmf", "svd", "batchnorm", "histogram", "kernels"])
     assert record["status"] == "done"
     assert set(record["skipped"]) == {"svd", "padding"} and "--arch" in record["skipped"]["svd"]
     rows = {r["name"]: r for r in record["inventory"]}
