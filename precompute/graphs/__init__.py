@@ -3,8 +3,8 @@ without an architecture in code. Each format registers a reader (:data:`FORMATS`
 :func:`~precompute.graphs.base.register_format`): ``onnxfiles``, ``kerasfiles``, ``weightsonly``.
 
 A user model of such a format has the format's name as its ``arch`` (``onnx``, ``keras``, ``none``);
-the pipeline reads it with :func:`load_graph` (the weight container and the inventory rows from the
-file) instead of building a module and running it.
+``zoo.load_model`` reads it with :func:`load_graph` (the weight container and the inventory rows from
+the file) instead of building a module, and the pipeline takes those rows instead of a forward pass.
 """
 
 from __future__ import annotations
