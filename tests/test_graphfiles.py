@@ -565,3 +565,21 @@ def test_malformed_graphs_fail_as_the_files_fault(tmp_path):
         {"c": [("kernel", np.ones((3, 3, 3, 2), np.float32))]})
     with pytest.raises(ModelError, match="bad.h5"):
         read_graph(keras, "keras", None, 2.0)
+
+
+@pytest.mark.parametrize("auto_pad,pads,mode,uneven", [
+    ("SAME_UPPER", [0, 0, 1, 1], "tf-same", {"top": 0, "bottom": 1, "left": 0, "right": 1}),
+    ("SAME_LOWER", [1, 1, 0, 0], "zeros", {"top": 1, "bottom": 0, "left": 1, "right": 0}),
+    ("VALID", [0, 0, 0, 0], "zeros", {"top": 0, "bottom": 0, "left": 0, "right": 0})])
+def test_onnx_auto_pad(tmp_path, auto_pad, pads, mode, uneven):
+    """auto_pad on a stride-2 3x3 conv over 16x16: 'same' needs one extra row, at the end (TF, SAME_UPPER) or
+    at the start (SAME_LOWER)."""
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "c.weight")
+    node = helper.make_node("Conv", ["x", "c.weight"], ["y"], strides=[2, 2], auto_pad=auto_pad)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "auto.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    (row,) = read_graph(path, "onnx", None, 2.0).inventory
+    assert row["pads"] == pads and row["padding_mode"] == mode and row["uneven_detail"] == uneven
+    assert row["output_size"] == ([8, 8] if auto_pad != "VALID" else [7, 7])
