@@ -35,6 +35,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -333,7 +334,12 @@ def _short(items: list, n: int = 12) -> str:
 def load_state_dict_strict(module: nn.Module, sd: dict, *, file: Any, arch: str) -> None:
     """``module.load_state_dict(sd, strict=True)`` with an error that lists what does not fit."""
     target = module.state_dict()
-    sd = dict(sd)
+    # the per-module versions torch keeps beside a state dict (MNASNet refuses to load without them):
+    # the checkpoint's when it has them, else the installed library's (safetensors files carry none)
+    metadata = getattr(sd, "_metadata", None) or getattr(target, "_metadata", None)
+    sd = OrderedDict(sd)
+    if metadata is not None:
+        sd._metadata = metadata  # type: ignore[attr-defined]
     for k, v in target.items():  # checkpoints from before torch 0.4.1 have no BatchNorm step counter
         if k.endswith(".num_batches_tracked") and k not in sd:
             sd[k] = torch.zeros_like(v)

@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from . import archmatch
 from .architectures import ARCHITECTURES, build, default_input_size
 from .cache import atomic_write
-from .declarations.limits import UPLOAD_EXTENSIONS
+from .declarations.limits import AUTO_ARCH, UPLOAD_EXTENSIONS
 from .declarations.specs import ModelSpec
 from .errors import ModelError
 from .experiments.records import variant_specs
@@ -27,7 +28,7 @@ from .models import MODELS
 from .names import InvalidName, check_model_name
 from .registry import UnknownName, unknown_message
 from .settings import Settings
-from .sources import LocalFile, _write_stream_atomic, sha256_file
+from .sources import LocalFile, _write_stream_atomic, read_checkpoint, sha256_file, unwrap_state_dict
 
 
 def _read_user_entries(settings: Settings) -> list[dict]:
@@ -90,6 +91,16 @@ def _safe_basename(name: str) -> str:
     return stem[:100] + suffix.lower()
 
 
+def match_checkpoint(path: Path, settings: Settings) -> str:
+    """The architecture of the state dict in ``path``, from its keys and shapes (``--arch auto``):
+    ModelError naming the three nearest and what differs when none has them."""
+    sd = unwrap_state_dict(read_checkpoint(path, settings.max_checkpoint_expansion))
+    try:
+        return archmatch.match({k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}).name
+    except archmatch.NoMatch as e:
+        raise ModelError(f"{path.name}: {e}") from None
+
+
 def add_user_model(path, arch: Optional[str], name: str, settings: Settings, dataset: str = "unknown",
                    input_size: Optional[tuple[int, int, int]] = None) -> ModelSpec:
     """Register a user's checkpoint or graph file as model ``name``; every problem raises ModelError.
@@ -110,7 +121,7 @@ def add_user_model(path, arch: Optional[str], name: str, settings: Settings, dat
         raise ModelError(str(e)) from None
     path = Path(path)
     fmt = format_for(path, arch)
-    if fmt is None:
+    if fmt is None and arch != AUTO_ARCH:
         try:
             ARCHITECTURES.get(arch)
         except UnknownName as e:
@@ -120,6 +131,8 @@ def add_user_model(path, arch: Optional[str], name: str, settings: Settings, dat
                          f"use one of {', '.join(UPLOAD_EXTENSIONS)}")
     if not path.is_file():
         raise ModelError(f"missing file {path}: give the path of an existing checkpoint")
+    if fmt is None and arch == AUTO_ARCH:
+        arch = match_checkpoint(path, settings)
     if input_size is not None:
         input_size = tuple(int(x) for x in input_size)
         if len(input_size) != 3 or min(input_size) < 1:

@@ -315,16 +315,18 @@ def _record_analyses(ex: Explorer, model: str) -> list[str]:
                         503: {"model": schemas.ErrorBody, "description": "The job queue is unavailable"}, **ERRORS},
              summary="Upload a checkpoint (multipart: file, arch, name[, dataset]; at most 16 parts); returns an upload job",
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                 "type": "object", "required": ["file", "arch", "name"], "properties": {
+                 "type": "object", "required": ["file", "name"], "properties": {
                      "file": {"type": "string", "format": "binary",
                               "description": "checkpoint: " + ", ".join(EXTENSIONS) + " (safetensors, or a "
                                              "torch state dict loaded with weights_only=True). Its file name "
                                              "must be one plain component (no folders, no Windows path) "
                                              "matching x-filename-pattern and ending in one of x-extensions",
                               "x-extensions": list(EXTENSIONS), "x-filename-pattern": uploads.FILENAME.pattern},
-                     "arch": {"type": "string", "pattern": uploads.ARCH_NAME.pattern, "description":
-                              "a declared architecture (GET /api/architectures) or torchvision:NAME / timm:NAME "
-                              "(GET /api/architectures/search)"},
+                     "arch": {"type": "string", "pattern": uploads.ARCH_NAME.pattern + "|^$", "description":
+                              "a declared architecture (GET /api/architectures), torchvision:NAME / timm:NAME "
+                              "(GET /api/architectures/search), 'auto' (found from the state dict's keys and "
+                              "shapes), 'onnx' / 'keras' (or empty) for a .onnx / .h5 / .keras file, or 'none' "
+                              "for weights alone"},
                      "name": {"type": "string", "pattern": MODEL_PATTERN, "maxLength": 80},
                      "dataset": {"type": "string", "pattern": uploads.DATASET.pattern}}}}}}})
 async def post_upload(request: Request):
@@ -355,7 +357,7 @@ async def post_upload(request: Request):
         if busy:
             raise Conflict(f"an upload named {name!r} is in progress (job {busy[0]}); choose another name",
                            job=busy[0])
-        arch = uploads.check_arch(fields.get("arch", ""))
+        arch = uploads.check_arch(fields.get("arch", ""), filename)
         dataset = uploads.check_dataset(fields.get("dataset", ""))
         final = uploads.place_upload(settings, token, upload)
         args = {"path": str(final.relative_to(settings.uploads)), "arch": arch, "name": name, "dataset": dataset,

@@ -25,7 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from precompute.declarations import library
 from precompute.declarations.architectures import known as known_arch
 from precompute.declarations.architectures import upload_architectures
-from precompute.declarations.limits import FILE_FORMATS, file_format
+from precompute.declarations.limits import AUTO_ARCH, FILE_FORMATS, file_format
 from precompute.declarations.limits import UPLOAD_EXTENSIONS as EXTENSIONS
 from precompute.jobs import INCOMING, EmbeddedWorker, JobError, check_job_id, list_jobs, live_workers, read_job
 from precompute.redact import redact
@@ -90,12 +90,15 @@ def check_arch(arch: str, filename: str = "") -> str:
             raise BadRequest(str(e), known=sorted(FILE_FORMATS)) from None
         if fmt is not None:
             return fmt
+    if arch == AUTO_ARCH:  # the worker finds it from the state dict's keys and shapes
+        return arch
     declared = architectures()["architectures"]
     ok = bool(arch) and ARCH_NAME.match(arch) is not None and (
         arch in declared if not library.is_library_name(arch) else known_arch(arch))
     if not ok:
         raise BadRequest(f"unknown architecture {arch[:100]!r}; known: {', '.join(declared)}, or any "
-                         f"torchvision:NAME or timm:NAME (search them: /api/architectures/search?q=resnet)",
+                         f"torchvision:NAME or timm:NAME (search them: /api/architectures/search?q=resnet), or "
+                         f"{AUTO_ARCH!r} to find it from the checkpoint's keys and shapes",
                          known=declared)
     return arch
 

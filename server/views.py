@@ -133,6 +133,11 @@ def model_detail(reader: CacheReader, model: str) -> dict:
         "seconds": rec.get("seconds"), "errors": public_errors(rec), "analyses": rec["analyses"],
         "inventory": rec.get("inventory", []), "scalars": rec["scalars"], "profiles": profiles(rec),
         "human_names": reader.human_names(model),
+        # a model read from a file without its graph (--arch none): what needs the architecture, and how to
+        # give it; a graph file's notes on what it holds but convscope does not analyse. Only when present,
+        # so the bodies of every other model are unchanged
+        **({"skipped": dict(rec["skipped"])} if rec.get("skipped") else {}),
+        **({"notes": list(rec["notes"])} if rec.get("notes") else {}),
     }
 
 
@@ -156,6 +161,7 @@ def layer_context(reader: CacheReader, model: str, layer: str) -> dict:
         "prev": order[pos - 1] if pos > 0 else None, "next": order[pos + 1] if pos + 1 < len(order) else None,
         "neurons": neuron_count(row), "family": rec.get("spec", {}).get("family"),
         "human": reader.human_names(model).get(layer),
+        **({"skipped": dict(rec["skipped"])} if rec.get("skipped") else {}),  # weights alone: see model_detail
     }
 
 

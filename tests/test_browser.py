@@ -519,7 +519,7 @@ def _upload(page, path, arch, name):
     page.set_input_files("#file", str(path))
     page.type("#arch", arch)  # key by key, as a user types: the form searches the names as they come
     page.wait_for_selector(f"#arch-list option[value='{arch}']", state="attached")
-    page.wait_for_function("document.getElementById('arch-info').textContent.startsWith(arguments[0] + ':')", arg=arch)
+    page.wait_for_function("a => document.getElementById('arch-info').textContent.startsWith(a + ':')", arg=arch)
     page.fill("#name", name)
     shot(page, "upload-form")
     page.click("#upload-submit")

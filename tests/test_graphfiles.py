@@ -228,6 +228,17 @@ def test_weights_alone(tmp_settings, tmp_path):
     for layer, res in ref.items():
         assert record["scalars"][layer]["symmetry"] == pytest.approx(res["score"], abs=1e-6)
     assert set(record["analyses"]["batchnorm"]["layers"]) == {n for n, r in want.items() if r["type"] == "batchnorm"}
+    # the pages say what needs the architecture and how to give it; the API carries it
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    with TestClient(create_app(tmp_settings)) as c:
+        assert set(c.get("/api/models/r20-bare").json()["skipped"]) == {"svd", "padding"}
+        page = c.get("/models/r20-bare").text
+        assert 'id="skipped"' in page and "Needs the architecture" in page and "--arch ARCH" in page
+        layer = c.get("/models/r20-bare/layers/layer2.0.conv1").text
+        assert 'id="skipped"' in layer and "<code>svd</code>" in layer
 
 
 def test_weights_alone_from_a_torch_file_keep_its_order(tmp_path):

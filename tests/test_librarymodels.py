@@ -33,9 +33,9 @@ PICK_MAX_PARAMS = 30_000_000
 PICK_MAX_SIDE = 320
 
 
-def picks(prefix: str, n: int = 10, seed: int = SEED) -> list[str]:
+def picks(prefix: str, n: int = 10, seed: int = SEED, max_params: int = PICK_MAX_PARAMS) -> list[str]:
     pool = sorted(m.name for m in library.catalogue().values() if m.name.startswith(prefix + ":")
-                  and m.params <= PICK_MAX_PARAMS and max(m.input_size or (3, 224, 224)) <= PICK_MAX_SIDE)
+                  and m.params <= max_params and max(m.input_size or (3, 224, 224)) <= PICK_MAX_SIDE)
     return random.Random(f"{seed}-{prefix}").sample(pool, n)
 
 
@@ -148,6 +148,14 @@ def test_cli_add_auto(tmp_path, monkeypatch, capsys):
     assert [u["arch"] for u in users] == ["timm:mobilenetv3_small_050"]
 
 
+def test_a_safetensors_file_of_a_module_that_checks_its_state_version_loads(tmp_path, monkeypatch):
+    """torchvision's MNASNet refuses a state dict without torch's per-module version metadata, which a
+    safetensors file never carries: the installed library's versions are assumed (the upload of one
+    failed with 'version should be set to 1 or 2 instead of None')."""
+    name, path = _checkpoint("torchvision:mnasnet0_5", tmp_path)
+    assert add([str(path), "--arch", "torchvision:mnasnet0_5", "--name", name], tmp_path, monkeypatch) == 0
+
+
 # ---- from a random state dict to layer pages ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lib_settings(tmp_path_factory):
@@ -205,7 +213,8 @@ def test_library_models_upload_to_a_real_worker(tmp_path_factory):
     try:
         with TestClient(create_app(settings)) as c:
             jobs = []
-            for arch in (picks("torchvision", 1, SEED + 1)[0], picks("timm", 1, SEED + 1)[0]):
+            # under 10 M parameters: their files stay within the upload limit of the test settings (50 MB)
+            for arch in (picks("torchvision", 1, SEED + 1, 10_000_000)[0], picks("timm", 1, SEED + 1, 10_000_000)[0]):
                 name, path = _checkpoint(arch, folder)
                 r = c.post("/api/uploads", files={"file": (path.name, path.read_bytes())},
                            data={"arch": arch, "name": name})
@@ -213,11 +222,22 @@ def test_library_models_upload_to_a_real_worker(tmp_path_factory):
                 jobs.append((name, r.json()["id"]))
             for name, jid in jobs:
                 job = wait_job(lambda j: c.get(f"/api/jobs/{j}").json(), jid, 600)
-                assert job["state"] == "done", job
+                assert job["state"] == "done", (job.get("error"), job.get("log"))
         for name, _ in jobs:
             _pages_browse(settings, name)
     finally:
         stop_process(worker)
+
+
+def test_upload_arch_check_takes_auto_and_graph_files():
+    from server.errors import BadRequest
+    from server.jobs import check_arch
+
+    assert check_arch("auto", "m.pt") == "auto" and check_arch("auto", "m.onnx") == "onnx"
+    assert check_arch("", "m.keras") == "keras" and check_arch("timm:resnet50", "m.safetensors") == "timm:resnet50"
+    with pytest.raises(BadRequest) as e:
+        check_arch("", "m.pt")
+    assert "'auto'" in str(e.value) and "'none'" in str(e.value), str(e.value)
 
 
 def test_upload_checks_library_names_before_queueing(tmp_path):

@@ -32,6 +32,11 @@ UPLOAD_EXTENSIONS = CHECKPOINT_EXTENSIONS + tuple(
     e for exts, _ in FILE_FORMATS.values() for e in exts if e not in CHECKPOINT_EXTENSIONS)
 
 
+#: the arch that asks convscope to find the architecture: a graph file's format from its extension, a
+#: state dict's architecture from its keys and shapes (precompute/archmatch.py)
+AUTO_ARCH = "auto"
+
+
 def file_format(arch: str, filename: str) -> str | None:
     """The graph-file format an upload or ``convscope add`` names: ``arch`` itself when it is one
     (``onnx``, ``keras``, ``none``), the format the extension says when ``arch`` is empty (or ``auto``), else
@@ -43,14 +48,15 @@ def file_format(arch: str, filename: str) -> str | None:
             raise ValueError(f"arch {arch!r} reads {', '.join(exts)} files; got {filename[:100]!r}")
         return arch
     by_ext = next((f for f, (exts, auto) in FILE_FORMATS.items() if auto and suffix in exts), None)
-    if by_ext and arch == "auto":  # --arch auto: a file with its graph needs no guess
+    if by_ext and arch == AUTO_ARCH:  # --arch auto: a file with its graph needs no guess
         return by_ext
     if by_ext and arch:
         raise ValueError(f"a {suffix} file carries its graph: leave the architecture empty (or give {by_ext!r}), "
                          f"not {arch[:100]!r}")
     if not arch and not by_ext:
         raise ValueError(f"a {suffix or 'file without extension'} file does not carry its graph: name its "
-                         f"architecture (or 'none' for the analyses of the weights alone)")
+                         f"architecture, '{AUTO_ARCH}' to find it from the keys and shapes, or 'none' for the "
+                         f"analyses of the weights alone")
     return by_ext
 
 #: what a job does: precompute a model, register and precompute an uploaded checkpoint, train variants
@@ -84,4 +90,5 @@ def public() -> dict:
     """The limits the pages' JavaScript and templates use (the ``limits`` of every page's boot data)."""
     return {"k_min": CLUSTER_K_MIN, "k_max": CLUSTER_K_MAX, "k_default": CLUSTER_K_DEFAULT,
             "max_pairs": MAX_CLUSTER_PAIRS, "gamma_thresholds": list(GAMMA_THRESHOLDS), "gamma_off": GAMMA_OFF,
-            "upload_extensions": list(UPLOAD_EXTENSIONS)}
+            "upload_extensions": list(UPLOAD_EXTENSIONS),
+            "graph_extensions": [e for exts, carries in FILE_FORMATS.values() if carries for e in exts]}

@@ -6,13 +6,23 @@
   const form = el("upload-form"), arch = el("arch"), err = el("upload-error"), bar = CS.$("#upload-progress .bar");
   const list = el("arch-list"), info = el("arch-info");
   const maxBytes = CS.boot.max_bytes;
-  const exts = CS.limits.upload_extensions || [];
+  const exts = CS.limits.upload_extensions || [], graphExts = CS.limits.graph_extensions || [];
   if (exts.length) el("file").accept = exts.join(",");
+  // a .onnx / .h5 / .keras file carries its graph: the architecture is read from it, the field may stay empty
+  const archHint = arch.placeholder;
+  el("file").addEventListener("change", () => {
+    const f = el("file").files[0], carries = !!f && graphExts.some((e) => f.name.toLowerCase().endsWith(e));
+    arch.required = !carries;
+    arch.placeholder = carries ? "read from the file: leave empty" : archHint;
+    el("file-types").textContent = carries ? `${f.name}: its layers and weights are read from the file (never run)`
+      : ".safetensors or a PyTorch state dict (.pt/.pth/.th, loaded with weights_only), .onnx, or Keras .h5/.keras";
+  });
 
   // name -> match row ({name, task, params, input_size}) of every search answer seen, for the info line
   const seen = new Map();
   const fmtParams = (n) => n >= 1e9 ? `${(n / 1e9).toFixed(2)} billion` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} million` : n.toLocaleString();
   const describe = (m) => {
+    if (m.note) return m.note;
     const parts = [];
     if (m.params != null) parts.push(`${fmtParams(m.params)} parameters`);
     if (m.task) parts.push(m.task);
@@ -27,7 +37,7 @@
   let timer = 0, asked = "";
   const search = () => {
     const q = arch.value.trim();
-    if (!q || q === asked) { showInfo(); return; }
+    if (!q || q === asked || (seen.get(q) || {}).note) { showInfo(); return; }
     asked = q;
     fetch(`/api/architectures/search?q=${encodeURIComponent(q)}&limit=20`).then((r) => r.ok ? r.json() : null).then((d) => {
       if (!d || d.query !== arch.value.trim()) return;  // an older answer, overtaken by typing
@@ -39,10 +49,12 @@
   };
   arch.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, 150); });
   arch.addEventListener("change", search);
+  seen.set("auto", { name: "auto", note: "the architecture is found from the checkpoint's keys and shapes" });
+  seen.set("none", { name: "none", note: "weights alone: every 4-d tensor a conv; the analyses that need the graph are skipped" });
   // convscope's own architectures are the first suggestions, before anything is typed
   fetch("/api/architectures").then((r) => r.json()).then((d) => {
     (d.architectures || []).forEach((a) => seen.set(a, { name: a, input_size: (d.input_sizes || {})[a] }));
-    if (!arch.value) list.innerHTML = (d.architectures || []).map((a) => `<option value="${CS.escapeHTML(a)}">`).join("");
+    if (!arch.value) list.innerHTML = ["auto", ...(d.architectures || []), "none"].map((a) => `<option value="${CS.escapeHTML(a)}">`).join("");
     document.body.dataset.ready = "1";
   }).catch(() => { document.body.dataset.ready = "1"; });
 
