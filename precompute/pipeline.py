@@ -94,10 +94,15 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
             missing = {r["name"] for r in todo} - set(results)
             if missing:
                 raise RuntimeError(f"analysis {analysis.name} returned no result for {sorted(missing)}")
+            # one layer's result at a time (a LazyResults makes it as it is read): written, its scalars kept
+            fresh: dict[str, dict] = {}
             for r in todo:
-                cache.put(key, r["name"], results[r["name"]], meta={
+                data = results[r["name"]]
+                cache.put(key, r["name"], data, meta={
                     "model": name, "layer_type": r["type"], "weight_shape": r["weight_shape"],
                     "device": str(dev), "torch": torch.__version__})
+                fresh[r["name"]] = analysis.scalars(data)
+                del data
         except Exception as e:  # one failing analysis must not lose the others
             record["errors"][analysis.name] = f"{type(e).__name__}: {e}"
             record["errors"][analysis.name + ":traceback"] = traceback.format_exc(limit=5)
@@ -105,7 +110,10 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
         record["analyses"][analysis.name] = {"version": analysis.version, "params": key.params,
                                              "layers": [r["name"] for r in targets]}
         for r in targets:
-            data = results.get(r["name"]) if r["name"] in results else _cached_data(cache, key, r["name"])
+            if r["name"] in fresh:
+                record["scalars"].setdefault(r["name"], {}).update(fresh[r["name"]])
+                continue
+            data = _cached_data(cache, key, r["name"])
             if data is not None:
                 record["scalars"].setdefault(r["name"], {}).update(analysis.scalars(data))
     record["seconds"] = round(time.perf_counter() - t0, 3)

@@ -205,9 +205,11 @@ def read_checkpoint(path: Path, max_expansion: Optional[float] = None) -> Any:
     sizes the file declares pass :func:`check_expansion` (``max_expansion``: default the setting
     ``max_checkpoint_expansion``).
 
-    - ``.safetensors``: a dict of tensors;
+    - ``.safetensors``: a dict of tensors, mapped from the file (safetensors maps it copy-on-write: a tensor's
+      pages are read when first touched, and writing to one never changes the file);
     - ``.h5`` / ``.hdf5`` (Keras): a dict ``{dataset path: np.ndarray}`` of every dataset in the file;
-    - anything else: ``torch.load(path, map_location="cpu", weights_only=True)``.
+    - anything else: ``torch.load(path, map_location="cpu", weights_only=True)``, memory-mapped
+      (``mmap=True``, copy-on-write) for a zip archive whose members are all stored uncompressed.
     """
     path = Path(path)
     if max_expansion is None:
@@ -249,10 +251,14 @@ def read_checkpoint(path: Path, max_expansion: Optional[float] = None) -> Any:
             f"checkpoint saved with torch.save, or a Keras .h5); first bytes {_head(path)!r}. "
             f"Save the state dict with torch.save(model.state_dict(), path) or safetensors")
     check_expansion(path, kind, max_expansion)  # a legacy pickle reads its storages from the file itself
+    # a torch.save archive is mapped, not read: its tensors are pages of the file, read when first touched
+    # (so a model never holds the checkpoint and its own copy at once). Only stored (uncompressed) members
+    # can be mapped: torch would take a deflated member's bytes as the tensor's
+    mmap = kind == "torch-zip" and _zip_all_stored(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" not in msg:  # a damaged pickle stream, not a refusal
@@ -272,6 +278,15 @@ def read_checkpoint(path: Path, max_expansion: Optional[float] = None) -> Any:
             IndexError, KeyError, TypeError, AttributeError, OverflowError, struct.error) as e:
         raise ModelError(truncated.format(err=str(e).strip().splitlines()[0] if str(e).strip()
                                           else type(e).__name__)) from None
+
+
+def _zip_all_stored(path: Path) -> bool:
+    """Whether every member of the zip archive ``path`` is stored uncompressed (what torch.save writes)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False  # the reader below reports what is wrong with the file
 
 
 def _head(path: Path) -> bytes:
@@ -332,7 +347,15 @@ def _short(items: list, n: int = 12) -> str:
 
 
 def load_state_dict_strict(module: nn.Module, sd: dict, *, file: Any, arch: str) -> None:
-    """``module.load_state_dict(sd, strict=True)`` with an error that lists what does not fit."""
+    """``module.load_state_dict(sd, strict=True)`` with an error that lists what does not fit.
+
+    The module takes the checkpoint's tensors themselves (``assign=True``) rather than copies, so that
+    its weights can be the pages of a memory-mapped file and the module's own initial tensors are freed
+    as they are replaced: loading never holds two copies of the weights. What a copy would have changed
+    is done first, so the module ends as ``copy_`` would leave it: a tensor of another dtype than the
+    module's is cast to the module's (e.g. an fp16 checkpoint into an fp32 module), a non-contiguous
+    one made contiguous. A module with tied tensors (one tensor under two names) is loaded by copy,
+    which keeps the tie."""
     target = module.state_dict()
     # the per-module versions torch keeps beside a state dict (MNASNet refuses to load without them):
     # the checkpoint's when it has them, else the installed library's (safetensors files carry none)
@@ -359,8 +382,17 @@ def load_state_dict_strict(module: nn.Module, sd: dict, *, file: Any, arch: str)
             f"the weights in {file} do not fit architecture {arch!r}: " + "; ".join(parts)
             + ". Fix: choose the architecture the checkpoint was trained with, or save the state "
               "dict of exactly that module (torch.save(model.state_dict(), path))")
+    own = module.state_dict(keep_vars=True)
+    tied = len({id(v) for v in own.values()}) < len(own)
+    if not tied:
+        for k, v in target.items():
+            t = sd[k]
+            if t.dtype != v.dtype:
+                t = t.to(v.dtype)
+            sd[k] = t if t.is_contiguous() else t.contiguous()
+    del target, own  # the module's own tensors: freed as load_state_dict replaces them
     try:
-        module.load_state_dict(sd, strict=True)
+        module.load_state_dict(sd, strict=True, assign=not tied)
     except RuntimeError as e:  # pragma: no cover - caught above in practice
         raise ModelError(f"the weights in {file} do not load into {arch!r}: {e}") from None
 
@@ -374,8 +406,9 @@ def _load_file_into(path: Path, module: nn.Module, spec: ModelSpec, settings: Se
     except ModelError as e:
         raise ModelError(f"{path}: {e}") from None
     if cast:  # e.g. fp16 variants: floats to the module's dtype
-        target = module.state_dict()
-        sd = {k: (v.to(target[k].dtype) if k in target and v.is_floating_point() else v) for k, v in sd.items()}
+        dtypes = {k: v.dtype for k, v in module.state_dict().items()}
+        sd = {k: (v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v) for k, v in sd.items()}
+    del raw  # what the conversion left out (optimizer state, ...) is not kept while the module loads
     load_state_dict_strict(module, sd, file=path, arch=spec.arch)
 
 

@@ -15,7 +15,10 @@ from torch import nn
 
 from precompute.analyses import ANALYSES, ModelContext
 from precompute.analyses.clusters import compute_clusters
-from precompute.analyses.histogram import HistogramParams, weight_histogram
+from precompute.analyses.base import to_list
+from precompute.analyses.fc_spatial import position_mean_abs
+from precompute.analyses.histogram import HistogramParams, kth_smallest_abs, weight_histogram
+from precompute.analyses.nmf_core import nmf_layers
 from precompute.analyses.svd import colourfulness, connection_matrix, svd_of
 from precompute.analyses.symmetry import symmetry_score
 from precompute.inventory import inventory
@@ -136,7 +139,7 @@ def test_runs_on_tiny_models(name, contexts):
             scal = a.scalars(data)
             assert all(isinstance(v, float) and math.isfinite(v) for v in scal.values())
         again, _ = run_all(a, ctx)
-        assert json.dumps(again, sort_keys=True) == json.dumps(res, sort_keys=True), "not deterministic"
+        assert json.dumps(dict(again), sort_keys=True) == json.dumps(dict(res), sort_keys=True), "not deterministic"
         ran += len(res)
     assert ran > 0, f"{name} applies to no layer of the tiny models"
 
@@ -426,6 +429,64 @@ def test_histogram_top10_and_near_zero_exact():
     assert res["near_zero"] == pytest.approx(0.04)  # 1..4 < 0.05 * 100
     ties = weight_histogram(torch.ones(95), HistogramParams())  # ceil(9.5) = 10 of 95 equal weights
     assert ties["top10_l1_share"] == pytest.approx(10 / 95) and ties["kurtosis"] is None
+
+
+@pytest.mark.parametrize("n", [3, 7, 4096, (1 << 22) + 5])
+def test_histogram_chunked_top10_is_the_whole_layer_formula(n):
+    """Issue 18 (big models): the k-th largest |w| (a radix selection over chunks) and the mass above it
+    are exactly, to the last bit, what kthvalue and a mask over a copy of the whole layer give."""
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(n, generator=g) * 0.05
+    w[::13] = 0.0  # ties at zero
+    w[5::17] = 3.0  # ties at the top
+    w[7::19] = 1e-42  # denormals
+    a = w.abs().float()
+    k = max(1, math.ceil(0.1 * n))
+    thr = float(torch.kthvalue(a, n - k + 1).values)
+    sel = a > thr
+    share = (float(a[sel].double().sum()) + (k - int(sel.sum())) * thr) / float(a.double().sum())
+    res = weight_histogram(w, HistogramParams())
+    assert kth_smallest_abs(w, n - k + 1) == thr
+    assert res["max_abs"] == float(a.max())
+    assert res["top10_l1_share"] == pytest.approx(share, rel=1e-12, abs=0)
+
+
+def test_kth_smallest_abs_every_rank_with_ties_zeros_and_inf():
+    w = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.5, float("inf"), -float("inf"), 1e-45, 3.0, -2.5, 0.5])
+    for r in range(1, w.numel() + 1):
+        assert kth_smallest_abs(w, r) == float(torch.kthvalue(w.abs(), r).values), r
+    with pytest.raises(ValueError, match="rank must be in 1..11; got 12"):
+        kth_smallest_abs(w, 12)
+
+
+def test_fc_spatial_and_svd_by_blocks_of_rows_equal_the_whole_layer():
+    """fc-spatial and the SVD's connection matrix take a linear layer a block of rows at a time (no copy
+    of a 100M-weight layer): the connection matrix is the same to the bit, the position means to 1e-15
+    (float64 summed in another order), hence the same 6 significant digits in the results."""
+    C, H, W, out = 8, 7, 7, 200
+    w = torch.randn(out, C * H * W, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(connection_matrix(w, flatten_from=[C, H, W]), w.abs().reshape(out, C, H * W).sum(2))
+    whole = w.abs().reshape(out, C, H, W).double().mean(dim=(0, 1))
+    blocks = position_mean_abs(w, C, H, W)
+    assert torch.allclose(blocks, whole, rtol=1e-14, atol=0)
+    assert to_list(blocks) == to_list(whole)
+
+
+def test_nmf_batches_do_not_change_results():
+    """NMF solves its neurons in batches of a bounded size (the CPU's is small, for memory): a batch that
+    splits a layer or spans two gives the same images, errors, order and banding index to the bit."""
+    g = torch.Generator().manual_seed(0)
+    weights = {"a": torch.randn(40, 16, 3, 3, generator=g), "b": torch.randn(24, 16, 3, 3, generator=g)}
+    one = nmf_layers(weights, max_batch_elems=2 ** 24)
+    per = 3 * 3 * 2 * 16
+    for budget in (per * 7, per * 50):  # 7 neurons a batch; a batch across the two layers
+        other = nmf_layers(weights, max_batch_elems=budget)
+        for name in weights:
+            assert torch.equal(one[name].images, other[name].images)
+            assert torch.equal(one[name].error, other[name].error)
+            assert torch.equal(one[name].energy, other[name].energy)
+            assert list(one[name].order) == list(other[name].order)
+            assert one[name].banding_index == other[name].banding_index
 
 
 def test_histogram_edges_shared():

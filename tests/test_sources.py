@@ -22,9 +22,10 @@ from safetensors.torch import save_file
 
 from precompute.architectures import build
 from precompute.registry import UnknownName
-from precompute.sources import LocalFile, PypiWheel, Seeded, Url, Variant, ZooDirOrUrl, read_checkpoint, sha256_file
+from precompute.sources import (LocalFile, PypiWheel, Seeded, Url, Variant, ZooDirOrUrl, load_state_dict_strict,
+                                read_checkpoint, sha256_file)
 from precompute.usermodels import add_user_model, remove_user_model, user_specs
-from precompute.zoo import ModelError, ModelSpec
+from precompute.zoo import ModelError, ModelSpec, state_dict_sha256
 
 
 def spec_for(source, arch="resnet20", convert=None) -> ModelSpec:
@@ -197,6 +198,89 @@ def test_checkpoint_without_bn_counters_loads(trained, tmp_path, tmp_settings):
     m, _ = load(LocalFile(p), tmp_settings)
     assert torch.equal(m.conv1.weight, trained.conv1.weight)
     assert int(m.bn1.num_batches_tracked) == 0
+
+
+# --------------------------------------------------------------------------- big models: mapped, not copied
+
+
+def file_mappings(path: Path) -> list[tuple[int, int]]:
+    """The address ranges at which this process maps ``path`` (from /proc/self/maps)."""
+    target = str(path.resolve())
+    out = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5].strip() == target:
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            out.append((lo, hi))
+    return out
+
+
+def in_file(t: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
+    begin = t.data_ptr()
+    end = begin + t.numel() * t.element_size()
+    return any(lo <= begin and end <= hi for lo, hi in ranges)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc/self/maps")
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_loaded_weights_are_the_files_pages_not_a_copy(trained, tmp_path, tmp_settings, fmt):
+    """Issue 18 (big models): the module's tensors are the checkpoint file mapped into memory, so loading
+    never holds the weights twice (the module's own initial tensors are dropped as they are replaced).
+    The weights and their sha256 (the cache key) are those a copying load gives."""
+    p = tmp_path / f"w.{fmt}"
+    (save_file(trained.state_dict(), str(p)) if fmt == "safetensors" else torch.save(trained.state_dict(), p))
+    m, _ = load(LocalFile(p), tmp_settings)
+    ranges = file_mappings(p)
+    assert ranges, f"{p} is not mapped into the process"
+    tensors = {k: v for k, v in m.state_dict().items() if v.numel()}
+    outside = [k for k, v in tensors.items() if not in_file(v, ranges)]
+    assert not outside, f"copied instead of mapped: {outside}"
+    assert same_weights(m, trained)
+    copied = build("resnet20")
+    copied.load_state_dict(trained.state_dict())
+    assert state_dict_sha256(m) == state_dict_sha256(copied)
+
+
+def test_compressed_archive_is_read_not_mapped(trained, tmp_path, tmp_settings):
+    """A zip archive with deflated members (not what torch.save writes, but readable) cannot be mapped:
+    torch would take the compressed bytes as the tensor's. It is read as before, with the right values."""
+    plain = tmp_path / "plain.pt"
+    torch.save(trained.state_dict(), plain)
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    m, _ = load(LocalFile(deflated), tmp_settings)
+    assert same_weights(m, trained)
+    assert not file_mappings(deflated)
+
+
+def test_fp16_checkpoint_into_fp32_module_is_cast_as_a_copy_would(trained, tmp_path, tmp_settings):
+    """The module keeps its dtype (what load_state_dict's copy did): an fp16 file gives fp32 weights,
+    hence the same sha256 as before the load took the file's tensors."""
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in trained.state_dict().items()}
+    p = tmp_path / "half.safetensors"
+    save_file(half, str(p))
+    m, _ = load(LocalFile(p), tmp_settings)
+    copied = build("resnet20")
+    copied.load_state_dict(half)
+    assert {v.dtype for v in m.state_dict().values() if v.is_floating_point()} == {torch.float32}
+    assert state_dict_sha256(m) == state_dict_sha256(copied)
+
+
+def test_tied_tensors_stay_tied(tmp_path, tmp_settings):
+    """A module with one tensor under two names is loaded by copy, which keeps the tie."""
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 4, bias=False)
+            self.b = torch.nn.Linear(4, 4, bias=False)
+            self.b.weight = self.a.weight
+
+    m = Tied()
+    w = torch.randn(4, 4)
+    load_state_dict_strict(m, {"a.weight": w, "b.weight": w}, file="test", arch="tied")
+    assert m.a.weight is m.b.weight and torch.equal(m.a.weight, w)
 
 
 # --------------------------------------------------------------------------- URL / zoo dir

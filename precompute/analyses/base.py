@@ -7,8 +7,9 @@ layers of the same shape) into one tensor computation on the context's device.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
 import numpy as np
 import torch
@@ -59,6 +60,25 @@ class ModelContext:
         return self._modules[layer]
 
 
+class LazyResults(Mapping):
+    """{layer: result} whose results are made when read, each time: for an analysis whose JSON results are much
+    bigger than the tensors they come from. ConvNeXt-XL's NMF images are 21 MB of floats but some 400 MB as
+    Python lists; the pipeline writes each layer to the cache as it reads it, so it never holds every layer's
+    lists at once."""
+
+    def __init__(self, makers: dict[str, Callable[[], dict]]):
+        self._makers = makers
+
+    def __getitem__(self, layer: str) -> dict:
+        return self._makers[layer]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
 class Analysis:
     """Base class. Subclasses set ``name``, ``version``, ``Params`` and implement ``applies`` and ``_run``
     (:meth:`run` calls it under the thread limit)."""
@@ -84,8 +104,9 @@ class Analysis:
     def applies(self, row: dict) -> bool:
         raise NotImplementedError
 
-    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
-        """Compute the result of every layer in ``rows``; returns {layer name: JSON-able result}."""
+    def run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> Mapping[str, dict]:
+        """Compute the result of every layer in ``rows``; returns {layer name: JSON-able result} (a dict, or
+        a :class:`LazyResults` that makes each layer's result when it is read)."""
         with cpu_threads(self.threads if ctx.device.type == "cpu" else 0):
             return self._run(ctx, rows, params)
 

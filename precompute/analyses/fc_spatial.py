@@ -7,6 +7,7 @@ map over x (AlexNet's first FC layer varies with y), ``by_x`` [W] the mean over 
 
 from __future__ import annotations
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
 from .base import Analysis, ModelContext, register_analysis, to_list
@@ -14,6 +15,20 @@ from .base import Analysis, ModelContext, register_analysis, to_list
 
 class FCSpatialParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: output neurons of the layer taken at a time: a float64 copy of a whole 100M-weight layer (VGG16's fc6)
+#: would be 800 MB; a block of rows is at most a few MB
+_ROWS = 64
+
+
+def position_mean_abs(w: torch.Tensor, C: int, H: int, W: int) -> torch.Tensor:
+    """Mean |w| over the outputs and channels at each position (H, W), w (out, C*H*W), summed in float64
+    over blocks of rows."""
+    total = torch.zeros(H, W, dtype=torch.float64, device=w.device)
+    for i in range(0, w.shape[0], _ROWS):
+        total += w[i:i + _ROWS].abs().reshape(-1, C, H, W).double().sum(dim=(0, 1))
+    return total / (w.shape[0] * C)
 
 
 @register_analysis
@@ -34,7 +49,7 @@ class FCSpatial(Analysis):
             if w.shape[1] != C * H * W:
                 raise ValueError(f"layer {row['name']!r}: in_features {w.shape[1]} != C*H*W = {C * H * W} "
                                  f"of flatten_from {row['flatten_from']}")
-            m = w.abs().reshape(w.shape[0], C, H, W).double().mean(dim=(0, 1))  # (H, W)
+            m = position_mean_abs(w, C, H, W)
             out[row["name"]] = {"shape": [C, H, W], "map": to_list(m), "by_y": to_list(m.mean(1)),
                                 "by_x": to_list(m.mean(0))}
         return out

@@ -13,11 +13,12 @@ parameters can always be overlaid bin by bin. Two histograms:
 Statistics (float64 accumulation of shifted power sums, in chunks, so a 100M-weight layer needs no
 float64 copy): mean, std (population), excess kurtosis (m4 / m2^2 - 3; null when std is 0), ``near_zero`` = share
 of weights with |w| < near_zero_threshold * max|w|, ``top10_l1_share`` = share of sum |w| held by the
-ceil(10 %) of weights largest in |w|.
+ceil(10 %) of weights largest in |w| (the threshold by an exact radix selection, :func:`kth_smallest_abs`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -25,7 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import Analysis, ModelContext, register_analysis, to_list
 
+#: weights per chunk of the float64 moment sums (their summation order: part of the results, to the last bit)
 _CHUNK = 1 << 22
+#: elements per block of the bin counts inside a chunk (integers: any block size gives the same counts)
+_BLOCK = 1 << 19
 
 
 class HistogramParams(BaseModel):
@@ -66,12 +70,32 @@ def _bin(x: torch.Tensor, lo: float, hi: float, bins: int) -> tuple[torch.Tensor
     return counts, int(below.sum()), int(above.sum())
 
 
+def _bin_blocks(x: torch.Tensor, lo: float, hi: float, bins: int, fn=None) -> tuple[torch.Tensor, int, int]:
+    """:func:`_bin` of ``fn(x)`` (x itself without ``fn``), a block of x at a time: the counts are integers,
+    so they are the same, and the temporaries (float64 and int64, several per element) stay small."""
+    counts = torch.zeros(bins, dtype=torch.long, device=x.device)
+    below = above = 0
+    for i in range(0, x.numel(), _BLOCK):
+        v = x[i:i + _BLOCK]
+        c, b, a = _bin(v if fn is None else fn(v), lo, hi, bins)
+        counts += c
+        below += b
+        above += a
+    return counts, below, above
+
+
 def weight_histogram(w: torch.Tensor, p: HistogramParams) -> dict:
     flat = w.detach().reshape(-1)
     n = flat.numel()
     if n == 0:
         raise ValueError("empty weight tensor")
-    amax = float(flat.abs().max())
+    # every whole-layer quantity is taken chunk by chunk: no copy of the layer (VGG16's fc6: 411 MB). What a
+    # chunk gives goes into a buffer made before the chunks: small tensors kept between the chunks' freed
+    # temporaries would pin them in the C heap, which then grows by a chunk per chunk (400 MB on fc6)
+    maxima = flat.new_empty(-(-n // _CHUNK))
+    for j, i in enumerate(range(0, n, _CHUNK)):
+        maxima[j] = flat[i:i + _CHUNK].abs().max()
+    amax = float(maxima.max())
     thr = p.near_zero * amax
     shift = float(flat[: min(n, 4096)].double().mean())  # keeps the moment sums well conditioned
     counts = torch.zeros(p.bins, dtype=torch.long, device=flat.device)
@@ -80,24 +104,28 @@ def weight_histogram(w: torch.Tensor, p: HistogramParams) -> dict:
     S1 = S2 = S3 = S4 = l1 = 0.0
     for i in range(0, n, _CHUNK):
         x = flat[i:i + _CHUNK].double()
-        c, b, a = _bin(x, p.lo, p.hi, p.bins)
+        c, b, a = _bin_blocks(x, p.lo, p.hi, p.bins)
         counts += c
         under += b
         over += a
         ax = x.abs()
         # log10 of 0 is -inf: below any log edge, counted in log_underflow
-        c, b, a = _bin(torch.log10(ax), p.log_lo, p.log_hi, p.log_bins)
+        c, b, a = _bin_blocks(ax, p.log_lo, p.log_hi, p.log_bins, torch.log10)
         log_counts += c
         log_under += b
         log_over += a
         near += int((ax < thr).sum())
         l1 += float(ax.sum())
+        del ax
         d = x - shift
+        del x
         d2 = d * d
         S1 += float(d.sum())
         S2 += float(d2.sum())
         S3 += float((d2 * d).sum())
+        del d
         S4 += float((d2 * d2).sum())
+        del d2
     m = S1 / n
     mean = shift + m
     m2 = max(S2 / n - m * m, 0.0)
@@ -107,11 +135,19 @@ def weight_histogram(w: torch.Tensor, p: HistogramParams) -> dict:
     # share of the L1 mass in the largest ceil(10 %) weights: the k-th largest |w| by selection,
     # then the mass above it plus as many ties as make exactly k weights
     k = max(1, math.ceil(0.1 * n))
-    a = flat.abs().float()
-    thr_k = float(torch.kthvalue(a.cpu(), n - k + 1).values)
-    sel = a > thr_k
-    above_mass = float(a[sel].double().sum())
-    top_mass = above_mass + (k - int(sel.sum())) * thr_k
+    thr_k = kth_smallest_abs(flat, n - k + 1)
+    # the weights above it in their order, as one float64 tensor (filled chunk by chunk, the only buffer of
+    # its size): its sum is the whole layer's a[a > thr_k].double().sum(), to the last bit
+    def above_in(i: int) -> torch.Tensor:
+        a = flat[i:i + _CHUNK].abs().float()
+        return a[a > thr_k]
+
+    sizes = [int((flat[i:i + _CHUNK].abs().float() > thr_k).sum()) for i in range(0, n, _CHUNK)]
+    above = torch.empty(sum(sizes), dtype=torch.float64, device=flat.device)
+    for i, start in zip(range(0, n, _CHUNK), [0] + list(itertools.accumulate(sizes))):
+        above[start:start + sizes[i // _CHUNK]] = above_in(i)
+    above_mass = float(above.sum())
+    top_mass = above_mass + (k - above.numel()) * thr_k
     return {
         "edges": to_list(edges(p.lo, p.hi, p.bins)), "counts": counts.cpu().tolist(),
         "underflow": under, "overflow": over,
@@ -121,6 +157,35 @@ def weight_histogram(w: torch.Tensor, p: HistogramParams) -> dict:
         "max_abs": amax, "near_zero": near / n, "near_zero_threshold": p.near_zero,
         "top10_l1_share": (top_mass / l1) if l1 > 0 else 0.0,
     }
+
+
+def kth_smallest_abs(flat: torch.Tensor, rank: int) -> float:
+    """The ``rank``-th smallest (1-based) of |x| as float32, x 1-D: ``torch.kthvalue(flat.abs().float(), rank)``
+    without the copy of the layer and the sort's buffers (several times the layer for 100M weights).
+
+    Radix selection on the bit patterns: a non-negative float32 orders as its int32 pattern (NaN, whose
+    pattern is above inf's, last, as in kthvalue). One pass counts the upper 16 bits, a second the lower 16
+    bits of the weights in the bin that holds the rank; both chunk by chunk, so the value is exact.
+    """
+    n = flat.numel()
+    if not 1 <= rank <= n:
+        raise ValueError(f"rank must be in 1..{n}; got {rank}")
+
+    def bits(i: int) -> torch.Tensor:
+        return flat[i:i + _BLOCK].abs().float().view(torch.int32)
+
+    upper = torch.zeros(1 << 16, dtype=torch.long, device=flat.device)
+    for i in range(0, n, _BLOCK):
+        upper += torch.bincount(bits(i) >> 16, minlength=1 << 16)
+    cum = upper.cumsum(0)
+    hi = int(torch.searchsorted(cum, rank))  # the first bin whose cumulative count reaches the rank
+    rank -= int(cum[hi - 1]) if hi else 0
+    lower = torch.zeros(1 << 16, dtype=torch.long, device=flat.device)
+    for i in range(0, n, _BLOCK):
+        b = bits(i)
+        lower += torch.bincount(b[(b >> 16) == hi] & 0xFFFF, minlength=1 << 16)
+    lo = int(torch.searchsorted(lower.cumsum(0), rank))
+    return float(torch.tensor([(hi << 16) | lo], dtype=torch.int32).view(torch.float32))
 
 
 @register_analysis

@@ -8,10 +8,12 @@ they name neurons of the feeding layer.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import Analysis, ModelContext, register_analysis, to_list
+from .base import Analysis, LazyResults, ModelContext, register_analysis, to_list
 
 
 class KernelsParams(BaseModel):
@@ -34,6 +36,10 @@ def top_kernels(weight: torch.Tensor, top: int, groups: int = 1):
     return order, kern, top_norms
 
 
+def _result(channels: torch.Tensor, kernels: torch.Tensor, norms: torch.Tensor) -> dict:
+    return {"top_channels": channels.cpu().tolist(), "kernels": to_list(kernels), "norms": to_list(norms)}
+
+
 @register_analysis
 class Kernels(Analysis):
     name = "kernels"
@@ -44,9 +50,7 @@ class Kernels(Analysis):
         return row.get("type") == "conv" and list(row.get("kernel") or [1, 1]) != [1, 1]
 
     def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
-        out = {}
-        for row in rows:
-            ch, kern, norms = top_kernels(ctx.weight(row["name"]), params.top, int(row.get("groups") or 1))
-            out[row["name"]] = {"top_channels": ch.cpu().tolist(), "kernels": to_list(kern),
-                                "norms": to_list(norms)}
-        return out
+        # the tensors now, the lists when the pipeline writes each layer (they are ~15x bigger)
+        return LazyResults({row["name"]: partial(_result, *top_kernels(ctx.weight(row["name"]), params.top,
+                                                                       int(row.get("groups") or 1)))
+                            for row in rows})

@@ -547,6 +547,20 @@ def nmf_layers(weights: dict[str, torch.Tensor], rank: int = 3, max_iter: int = 
                            extrapolate)
 
 
+def _stacked_matrices(weights: dict[str, torch.Tensor], names: list[str], sizes: list[int], begin: int,
+                      end: int) -> torch.Tensor:
+    """Neurons ``begin:end`` of the layers ``names`` (``sizes`` neurons each) stacked in that order, as the
+    X of :func:`nonneg_matrices`: the rows of the concatenation of every layer's X, built from those
+    neurons' weights alone."""
+    parts, first = [], 0
+    for name, n in zip(names, sizes):
+        lo, hi = max(begin, first), min(end, first + n)
+        if lo < hi:
+            parts.append(nonneg_matrices(weights[name][lo - first:hi - first]))
+        first += n
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+
+
 def _nmf_layers(weights, rank, max_iter, tol, align_rounds, order_method, max_batch_elems, stop, olo_max,
                 extrapolate=True):
     groups: dict[tuple, list[str]] = {}
@@ -558,21 +572,25 @@ def _nmf_layers(weights, rank, max_iter, tol, align_rounds, order_method, max_ba
     for shape, names in groups.items():
         c, kh, kw = shape
         per = kh * kw * 2 * c
-        X = torch.cat([nonneg_matrices(weights[n]) for n in names], 0)
         sizes = [weights[n].shape[0] for n in names]
         chunk = max(1, max_batch_elems // max(per, 1))
-        Ws, errs, iters = [], [], 0
-        for s in range(0, X.shape[0], chunk):
-            res = batched_nmf(X[s:s + chunk], rank=rank, max_iter=max_iter, tol=tol, stop=stop,
-                              extrapolate=extrapolate)
+        total, iters = sum(sizes), 0
+        Wall = err = energy = None
+        for s in range(0, total, chunk):
+            # only this chunk's matrices exist at a time (the stack of all of them is as big as the layers)
+            X = _stacked_matrices(weights, names, sizes, s, s + chunk)
+            res = batched_nmf(X, rank=rank, max_iter=max_iter, tol=tol, stop=stop, extrapolate=extrapolate)
+            if Wall is None:  # the results' buffers, filled chunk by chunk: small tensors kept from one chunk
+                # to the next would pin the chunk's freed working set in the C heap, which would then grow
+                Wall = res.W.new_empty(total, *res.W.shape[1:])
+                err = res.error.new_empty(total)
+                energy = X.new_empty(total)
             # carry each factor's energy ||h_k|| into w_k, so that W alone orders the factors
-            Ws.append(res.W * res.H.norm(dim=2)[:, None, :])
-            errs.append(res.error)
+            Wall[s:s + X.shape[0]] = res.W * res.H.norm(dim=2)[:, None, :]
+            err[s:s + X.shape[0]] = res.error
+            energy[s:s + X.shape[0]] = torch.linalg.vector_norm(X, dim=(1, 2))
             iters = max(iters, res.n_iter)
-        Wall = torch.cat(Ws, 0)
-        err = torch.cat(errs, 0)
-        energy = torch.linalg.vector_norm(X, dim=(1, 2))
-        del X
+            del X, res
         start = 0
         for name, n in zip(names, sizes):
             Wl = Wall[start:start + n]

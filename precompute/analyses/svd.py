@@ -37,6 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .base import Analysis, ModelContext, register_analysis, to_list
 
 
+#: rows of a linear layer's weight taken at a time by :func:`connection_matrix`
+_ROWS = 64
+
+
 class SVDParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,7 +69,13 @@ def connection_matrix(weight: torch.Tensor, groups: int = 1, n_feeder: int | Non
             C, H, W = (int(v) for v in flatten_from)
             if weight.shape[1] != C * H * W:
                 raise ValueError(f"linear in_features {weight.shape[1]} != C*H*W of flatten_from {flatten_from}")
-            return weight.abs().reshape(weight.shape[0], C, H * W).sum(2)
+            # a block of rows at a time: |W| of a whole 100M-weight layer (VGG16's fc6) would be a 400 MB copy.
+            # Each block's sums go straight into M: small results kept between the blocks' temporaries would
+            # pin the freed blocks in the C heap, which then grows by a block per block
+            M = weight.new_empty(weight.shape[0], C)
+            for i in range(0, weight.shape[0], _ROWS):
+                torch.sum(weight[i:i + _ROWS].abs().reshape(-1, C, H * W), dim=2, out=M[i:i + _ROWS])
+            return M
         return weight.abs()
     raise ValueError(f"expected a conv or linear weight; got shape {tuple(weight.shape)}")
 
@@ -130,7 +140,7 @@ def svd_of(M: torch.Tensor, k: int) -> dict:
     Mc = M - M.mean(0, keepdim=True)
     Uc, Sc, Vc = top_svd(Mc, k)
     uc, vc = _sign_fix(Uc, Vc)
-    tot = float((Mc * Mc).sum())  # = sum of all squared singular values of Mc
+    tot = float(Mc.mul_(Mc).sum())  # = sum of all squared singular values of Mc; squared in place (Mc is ours)
     evr = (Sc ** 2 / tot) if tot > 0 else torch.zeros(k, dtype=M.dtype)
     return {"singular_values": S, "u": u, "v": v,
             "pca": {"explained_variance_ratio": evr, "u": uc, "v": vc}}
@@ -194,8 +204,10 @@ class SVD(Analysis):
             if feeder.get("type") != "conv":
                 raise ValueError(f"layer {row['name']!r}: feeder {feeder['name']!r} is a {feeder.get('type')}, not a conv")
             n1 = int(feeder["out_channels"])
+            # float64 at once (what svd_of takes), so that the float32 matrix is not kept beside it: for a
+            # wide layer (ConvNeXt-XL's 8192 x 2048 fc1) each copy of M is 67 MB in float32, 134 MB in float64
             M = connection_matrix(ctx.weight(row["name"]), groups=int(row.get("groups") or 1),
-                                  flatten_from=row.get("flatten_from") if row["type"] == "linear" else None)
+                                  flatten_from=row.get("flatten_from") if row["type"] == "linear" else None).double()
             if M.shape[1] != n1:
                 raise ValueError(f"layer {row['name']!r} has {M.shape[1]} input channels but its feeder "
                                  f"{feeder['name']!r} has {n1} neurons")
