@@ -185,6 +185,18 @@ def test_a_third_party_onnx_cnn_goes_through(paddle_cls, tmp_settings):
     assert sum(bool(r["feeds_from"]) for r in convs) >= 45  # the SE blocks' 1x1 convs read pooled maps
     assert any(r["uneven_padding"] for r in convs)  # stride 2 on even sizes
     assert record["analyses"]["nmf"]["layers"] and record["scalars"]
+    # browsable: the model page and its first and last conv's pages and results
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    with TestClient(create_app(tmp_settings)) as c:
+        assert c.get("/models/paddle-cls").status_code == 200
+        for layer in (convs[0]["name"], convs[-1]["name"]):
+            page = c.get(f"/models/paddle-cls/layers/{layer}")
+            assert page.status_code == 200 and layer in page.text, layer
+            assert c.get(f"/api/models/paddle-cls/layers/{layer}").status_code == 200
+        assert c.get(f"/api/models/paddle-cls/layers/{convs[0]['name']}/symmetry").status_code == 200  # 3x3
 
 
 @pytest.mark.slow
