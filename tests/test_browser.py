@@ -481,6 +481,30 @@ def test_compare(page, srv_records):
     assert page.input_value("#k-select") == "4"
 
 
+def test_compare_says_when_no_model_has_batchnorm(page, srv_records):
+    """A model without BatchNorm has no gammas: the "small |γ|" chart says so instead of drawing an empty axis
+    (which reads as "no small gammas"); with a BatchNorm model in the pairs it draws its line."""
+    def pair(with_bn: bool):
+        for m, rec in srv_records.items():
+            rows = {r["name"]: r for r in rec["inventory"]}
+            if any(r["type"] == "batchnorm" for r in rows.values()) != with_bn:
+                continue
+            layer = next((l for l in rec["analyses"].get("nmf", {}).get("layers", []) if rows[l]["kernel"] == [3, 3]), None)
+            if layer:
+                return f"{m}:{layer}"
+        raise AssertionError(f"no model {'with' if with_bn else 'without'} BatchNorm in the test cache")
+
+    plain, normed = pair(False), pair(True)
+    page.goto(f"/compare?pairs={plain}&k=4")
+    ready(page, 60000)
+    page.wait_for_selector("#cgamma-none")
+    assert "No BatchNorm layer" in page.inner_text("#plot-cgamma")
+    page.goto(f"/compare?pairs={plain},{normed}&k=4")
+    ready(page, 60000)
+    page.wait_for_selector("#plot-cgamma[data-rendered='1']")
+    assert page.locator("#cgamma-none").count() == 0
+
+
 def test_compare_defaults_are_in_the_url(page, srv_models):
     page.goto("/compare")
     ready(page, 60000)

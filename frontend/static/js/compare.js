@@ -146,7 +146,14 @@
     const click = (div) => { if (!div.dataset.bound) { div.dataset.bound = "1"; div.on("plotly_click", (ev) => { const p = ev.points[0]; location.href = CS.urls.layerPage(models[p.curveNumber], p.customdata); }); } };
     await CS.plot("plot-csymmetry", lines("symmetry", (p) => p.value), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { range: [0, 1.02], title: { text: "symmetry S" } } }).then(click);
     await CS.plot("plot-cbanding", lines("banding", (p) => p.value), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { range: [-1.05, 1.05], title: { text: "banding index" } } }).then(click);
-    await CS.plot("plot-cgamma", lines("gamma", (p) => p.values["0.05"]), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { rangemode: "tozero", tickformat: ".0%", title: { text: "|γ| < 0.05" } } }).then(click);
+    const gammaLines = lines("gamma", (p) => p.values["0.05"]);
+    if (gammaLines.some((t) => t.x.length)) {
+      await CS.plot("plot-cgamma", gammaLines, { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { rangemode: "tozero", tickformat: ".0%", title: { text: "|γ| < 0.05" } } }).then(click);
+    } else {  // an empty axis would look like "no small gammas"; there are no gammas at all
+      const div = el("plot-cgamma");
+      if (div.dataset.rendered) { Plotly.purge(div); delete div.dataset.rendered; }
+      div.innerHTML = `<div class="empty muted" id="cgamma-none">No BatchNorm layer in ${models.length > 1 ? "these models" : "this model"}: no γ to compare.</div>`;
+    }
     const rowsOf = (key, val) => [["model", "layer", "x", key]].concat(details.flatMap((d, j) => d.profiles[key].map((p, i) => [models[j], p.layer, xOf(p, i), val(p)])));
     CS.figure("csymmetry", "compare_symmetry", { png: () => CS.plotPNG(el("plot-csymmetry")), csv: () => rowsOf("symmetry", (p) => p.value), json: () => details.map((d) => ({ model: d.name, symmetry: d.profiles.symmetry })) });
     CS.figure("cbanding", "compare_banding", { png: () => CS.plotPNG(el("plot-cbanding")), csv: () => rowsOf("banding", (p) => p.value), json: () => details.map((d) => ({ model: d.name, banding: d.profiles.banding })) });
