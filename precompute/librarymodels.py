@@ -15,6 +15,7 @@ Models are built on the ``meta`` device for it, so no memory is allocated for th
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -69,6 +70,7 @@ TORCHVISION_TASKS = {"classification": tvm, "segmentation": tvm.segmentation, "d
 
 @register_library("torchvision", torchvision.__version__)
 def _torchvision():
+    @functools.cache  # every lookup of a name asks; the lists do not change while the process runs
     def names() -> dict[str, str]:
         out: dict[str, str] = {}
         for task, module in TORCHVISION_TASKS.items():
@@ -96,6 +98,7 @@ def _torchvision():
 # ---- timm -------------------------------------------------------------------------------------------
 @register_library("timm", timm.__version__)
 def _timm():
+    @functools.cache  # as torchvision's
     def names() -> dict[str, str]:
         return {n: "classification" for n in timm.list_models()}
 

@@ -58,7 +58,7 @@ def search_architectures(query: str, limit: int = 20) -> dict:
     """The declared architectures and the torchvision/timm models whose names contain every word of
     ``query`` (declared ones first), each with its native input size and, for a library model, its task
     and parameter count (from the catalogue: ``precompute/declarations/library.py``)."""
-    words = [w for w in query.lower().replace(":", " ").split() if w]
+    words = library.query_words(query)
     declared = [{"name": a, "task": None, "params": None, "input_size": list(size)}
                 for a, size in upload_architectures().items() if words and all(w in a.lower() for w in words)]
     found = declared + [m.public() for m in library.search(query, limit)]

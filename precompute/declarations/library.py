@@ -59,20 +59,32 @@ def split_name(arch: str) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=1)
-def catalogue() -> dict[str, LibraryModel]:
-    """name -> LibraryModel, in the catalogue's order (read once)."""
+def _file() -> dict:
+    """The catalogue file, read and checked once (a search asks for its models and its versions)."""
     data = json.loads(CATALOGUE_FILE.read_text())
     if data.get("format") != CATALOGUE_FORMAT:
         raise ValueError(f"{CATALOGUE_FILE.name} has format {data.get('format')!r}, this code reads "
                          f"{CATALOGUE_FORMAT}: rebuild it with python -m precompute.librarymodels --write")
+    return data
+
+
+@functools.lru_cache(maxsize=1)
+def catalogue() -> dict[str, LibraryModel]:
+    """name -> LibraryModel, in the catalogue's order."""
     return {e["name"]: LibraryModel(e["name"], e["task"], tuple(e["input_size"]) if e["input_size"] else None,
                                     int(e["params"]), int(e["tensors"]), e["signature"])
-            for e in data["models"]}
+            for e in _file()["models"]}
 
 
 def versions() -> dict[str, str]:
     """The library versions the catalogue was built from."""
-    return dict(json.loads(CATALOGUE_FILE.read_text())["versions"])
+    return dict(_file()["versions"])
+
+
+def query_words(query: str) -> list[str]:
+    """The lower-case words of a search ("timm:ResNet 50" -> ["timm", "resnet", "50"]): a name matches
+    when it contains every one."""
+    return [w for w in query.lower().replace(":", " ").split() if w]
 
 
 def unknown(arch: str) -> None:
@@ -93,7 +105,7 @@ def search(query: str, limit: int = SEARCH_MAX) -> list[LibraryModel]:
     """The catalogue's names that contain every word of ``query`` (case-insensitive; "res 50" finds
     timm:resnet50 and torchvision:resnet50). Ranked: the name equal to the query's (prefix-less) words,
     then names that start with the first of them, then the shorter names."""
-    words = [w for w in query.lower().replace(":", " ").split() if w]
+    words = query_words(query)
     if not words:
         return []
     hits = [m for n, m in catalogue().items() if all(w in n.lower() for w in words)]
