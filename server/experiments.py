@@ -31,6 +31,7 @@ from precompute.names import is_model_name
 from .errors import ExplorerError, NotFound, unknown
 from .explorer import Explorer
 from .findings import finite
+from .runs import run_of
 from .views import profiles
 from .verdicts import experiment_verdicts
 
@@ -42,9 +43,10 @@ def _declared(experiment: str) -> Optional[Experiment]:
 
 
 def _extra(rec: dict) -> dict:
-    spec = rec.get("spec") or {}
-    extra = spec.get("extra") if isinstance(spec, dict) else None
-    return extra if isinstance(extra, dict) else {}
+    """The run record as :func:`variant_row` reads it: the fields of its TrainingRun (server/runs.py), as
+    written (no defaults added); {} for a model without one."""
+    run = run_of(rec)
+    return run.public() if run is not None else {}
 
 
 def variant_records(ex: Explorer, seeds: Optional[dict] = None,
@@ -61,20 +63,14 @@ def variant_records(ex: Explorer, seeds: Optional[dict] = None,
             rec = ex.record(name)
         except ExplorerError:
             continue
-        spec = rec.get("spec") or {}
-        extra = _extra(rec)
-        exp, var = extra.get("experiment"), extra.get("variant")
-        if spec.get("family") != "variant" or not isinstance(exp, str) or not isinstance(var, str):
+        run = run_of(rec)
+        if run is None or run.experiment is None or run.variant is None or not is_model_name(run.experiment):
             continue
-        if not is_model_name(exp):
+        if run.snapshot is not None:
+            if snapshots is not None:
+                snapshots.setdefault(run.snapshot.of, []).append({"model": name, "epoch": run.snapshot.epoch})
             continue
-        snap = extra.get("snapshot")
-        if isinstance(snap, dict):
-            if snapshots is not None and isinstance(snap.get("of"), str):
-                snapshots.setdefault(snap["of"], []).append({"model": name, "epoch": snap.get("epoch")})
-            continue
-        seed = extra.get("seed") if isinstance(extra.get("seed"), int) else 0
-        by_seed.setdefault((exp, var), []).append((seed, rec))
+        by_seed.setdefault((run.experiment, run.variant), []).append((run.seed, rec))
     for (exp, var), runs in by_seed.items():
         runs.sort(key=lambda sr: (sr[0], sr[1].get("name", "")))
         out.setdefault(exp, {})[var] = runs[0][1]
@@ -117,7 +113,8 @@ def _nmf_layers(rec: dict) -> list[str]:
 def gamma_below(rec: dict, threshold: str = GAMMA_OFF) -> Optional[dict]:
     """Share of BatchNorm |gamma| < threshold over the whole model: from the run record's gamma_clamp
     measurement when present, else channel-weighted over the ``batchnorm`` scalars of the cache."""
-    meas = (_extra(rec).get("measurements") or {}).get("gamma_clamp") or {}
+    run = run_of(rec)
+    meas = (run.measurements.get("gamma_clamp") if run is not None else None) or {}
     t = (meas.get("thresholds") or {}).get(threshold) or {}
     v = finite(t.get("fraction_clamped"))
     if v is None and threshold == GAMMA_OFF and finite(meas.get("threshold")) == float(GAMMA_OFF):
@@ -216,11 +213,11 @@ def list_experiments(ex: Explorer) -> dict:
     rows = []
     for name in names:
         variants = _ordered(name, found[name])
-        accs = {v: finite(_extra(found[name][v]).get("final_test_accuracy")) for v in variants}
+        runs = {v: run_of(found[name][v]) for v in variants}  # every record in found has its run
+        accs = {v: finite(runs[v].final_test_accuracy) for v in variants}
         rows.append({**_info(name), "variants": variants, "models": [found[name][v].get("name") for v in variants],
                      "accuracy": accs,
-                     "not_at_plateau": [v for v in variants if v != RANDOM and
-                                        ((_extra(found[name][v]).get("plateau") or {}).get("reached") is not True)],
+                     "not_at_plateau": [v for v in variants if v != RANDOM and not runs[v].at_plateau()],
                      "missing": [v for v in declared_variants(name) if v not in found[name]]})
     untrained = [{**_info(n), "command": _command(n)} for n in EXPERIMENTS if n not in found]
     return {"experiments": rows, "count": len(rows), "untrained": untrained}

@@ -24,7 +24,10 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from precompute.declarations.experiments import RANDOM
 from precompute.declarations.limits import GAMMA_OFF, GAMMA_THRESHOLDS
+
+from .runs import run_of
 
 #: the paper's threshold for a switched-off BatchNorm channel (and a looser one beside it)
 GAMMA_LOOSE = GAMMA_THRESHOLDS[-1]
@@ -42,8 +45,10 @@ def finite(v) -> Optional[float]:
 
 
 def is_untrained(rec: dict) -> bool:
-    spec = rec.get("spec") or {}
-    return spec.get("family") == "random" or (spec.get("extra") or {}).get("variant") == "random"
+    if (rec.get("spec") or {}).get("family") == "random":
+        return True
+    run = run_of(rec)
+    return run is not None and run.variant == RANDOM
 
 
 def twins(records: dict[str, dict]) -> dict[str, str]:
@@ -61,10 +66,10 @@ def twins(records: dict[str, dict]) -> dict[str, str]:
                 if other == real or (s2.get("family") == "real" and s2.get("arch") == spec.get("arch")):
                     out.setdefault(other, name)
     for name, rec in records.items():
-        extra = (rec.get("spec") or {}).get("extra") or {}
-        exp, variant = extra.get("experiment"), extra.get("variant")
-        if exp and variant and variant != "random" and f"{exp}-random" in records:
-            out[name] = f"{exp}-random"
+        run = run_of(rec)
+        if run is not None and run.experiment and run.variant and run.variant != RANDOM \
+                and f"{run.experiment}-{RANDOM}" in records:
+            out[name] = f"{run.experiment}-{RANDOM}"
     return out
 
 

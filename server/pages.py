@@ -28,6 +28,7 @@ from .explorer import Explorer
 from .responses import HTML, send
 from .experiments import experiment_detail, list_experiments
 from .jobs import get_job, public_job, recent_jobs, worker_status
+from .runs import run_of
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "frontend" / "static"
@@ -211,8 +212,8 @@ def model_group(m: dict) -> str:
 def home_view(ex: Explorer) -> tuple[str, dict]:
     models = views.list_models(ex)
     for m in models:
-        rec = ex.record(m["name"])
-        m["variant"] = ((rec.get("spec") or {}).get("extra") or {}).get("variant")
+        run = run_of(ex.record(m["name"]))
+        m["variant"] = run.variant if run is not None else None
         m["group"] = model_group(m)
     families = [f for f in FAMILIES if any(m["family"] == f for m in models)] + sorted(
         {m["family"] for m in models} - set(FAMILIES))

@@ -15,6 +15,7 @@ from precompute.declarations.limits import GAMMA_THRESHOLDS, MAX_CLUSTER_PAIRS
 from .errors import BadRequest, ExplorerError, NotFound, nearest
 from .findings import finite
 from .reader import CacheReader
+from .runs import run_of
 
 #: a neuron index as a client sends it (the OpenAPI pattern of the neuron parameter)
 NEURON_PATTERN = r"^-?[0-9]{1,11}$"
@@ -324,22 +325,20 @@ def model_summary(rec: dict) -> dict:
         "weights_sha256": rec.get("weights_sha256"), "errors": len(public_errors(rec)),
         "symmetry_profile": [round(p["value"], 4) for p in prof["symmetry"]],
         "mean_symmetry": (sum(p["value"] for p in prof["symmetry"]) / len(prof["symmetry"])) if prof["symmetry"] else None,
-        **_training_summary(spec),
+        **_training_summary(rec),
     }
 
 
-def _training_summary(spec: dict) -> dict:
+def _training_summary(rec: dict) -> dict:
     """For a trained variant (family ``variant``): how it was trained and whether it reached its accuracy
     plateau (the run record's ``plateau``), so that every page that shows it can say so; {} for other models."""
-    extra = spec.get("extra") if isinstance(spec.get("extra"), dict) else {}
-    if spec.get("family") != "variant" or not extra:
+    run = run_of(rec)
+    if run is None:
         return {}
-    plateau = extra.get("plateau") if isinstance(extra.get("plateau"), dict) else None
-    snap = extra.get("snapshot") if isinstance(extra.get("snapshot"), dict) else None
-    return {"training": {"experiment": extra.get("experiment"), "variant": extra.get("variant"),
-                         "epochs": extra.get("epochs"), "seed": extra.get("seed"), "plateau": plateau,
-                         "snapshot": snap,
-                         "at_plateau": bool(plateau and plateau.get("reached") is True) or extra.get("epochs") == 0}}
+    return {"training": {"experiment": run.experiment, "variant": run.variant, "epochs": run.epochs,
+                         "seed": run.seed, "plateau": run.plateau.public() if run.plateau else None,
+                         "snapshot": run.snapshot.public() if run.snapshot else None,
+                         "at_plateau": run.at_plateau() or run.epochs == 0}}
 
 
 def profiles(rec: dict) -> dict:

@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 
 from precompute.architectures import build
 from precompute.declarations.experiments import EXPERIMENTS
+from precompute.declarations.records import TrainingRun
 from precompute.experiments import datasets as ds
-from precompute.experiments.records import MAX_CHECKPOINT_BYTES, RECORD_KEYS, RecordError, variant_specs
+from precompute.experiments.records import MAX_CHECKPOINT_BYTES, RecordError, variant_specs
 from precompute.experiments.training import train
 from precompute.settings import Settings
 
@@ -67,7 +68,7 @@ def test_variant_end_to_end(runs, exp, variant):
     name = f"{exp}-{variant}"
     # the record: every field, on disk as returned
     assert rec["model"] == name and rec["experiment"] == exp and rec["variant"] == variant
-    missing = [k for k in RECORD_KEYS if k not in rec]
+    missing = [k for k in TrainingRun.written_keys() if k not in rec]
     assert not missing, missing
     on_disk = json.loads(Path(rec["record_path"]).read_text())
     assert on_disk == {k: v for k, v in rec.items() if k not in ("checkpoint_path", "record_path")}

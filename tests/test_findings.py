@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from precompute.declarations.records import RECORD_FORMAT, TrainingRun
 from server.findings import colour_axis, compute_findings, gamma_share, rgb_svd_layer, symmetry_baseline, twins
 from server.layernames import human_names
 
@@ -27,6 +28,12 @@ def record(name, family="real", arch="net", extra=None, inventory=(), scalars=No
             "analyses": {"svd": {"layers": list(svd_layers)}}}
 
 
+def run(experiment, variant):
+    """A variant's run record as the zoo puts it in spec.extra (the server reads it as a TrainingRun)."""
+    return TrainingRun(format=RECORD_FORMAT, model=f"{experiment}-{variant}", experiment=experiment, variant=variant,
+                       arch="net", arch_kwargs={}, dataset="planted", input_size=[3, 8, 8]).public()
+
+
 def net(name, family, sym, band, gammas=None, extra=None):
     """Four convs (c0 RGB stem, c1, c2 strided, c3) with given S and banding index, two BN layers."""
     inv = [conv("c0", 0, in_ch=3), conv("c1", 1, feeds="c0"), conv("c2", 2, stride=2, feeds="c1", uneven=True),
@@ -43,9 +50,9 @@ def zoo():
                   gammas={"b1": (0.5, 0.6), "b3": (0.1, 0.2)})
     twin = net("m-random", "random", sym=[0.3, 0.5, 0.45, 0.5], band=[0.05, -0.2, 0.01, 0.02],
                gammas={"b1": (0.0, 0.0), "b3": (0.0, 0.0)}, extra={"twin_of": "m"})
-    variant = net("exp-a", "variant", sym=[0.3, 0.6, 0.6, 0.6], band=[0, 0, 0, -0.5], extra={"experiment": "exp", "variant": "a"})
+    variant = net("exp-a", "variant", sym=[0.3, 0.6, 0.6, 0.6], band=[0, 0, 0, -0.5], extra=run("exp", "a"))
     variant_random = net("exp-random", "variant", sym=[0.3, 0.5, 0.5, 0.5], band=[0, 0, 0, 0.1],
-                         extra={"experiment": "exp", "variant": "random"})
+                         extra=run("exp", "random"))
     return {r["name"]: r for r in (trained, twin, variant, variant_random)}
 
 

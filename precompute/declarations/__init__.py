@@ -16,5 +16,7 @@ modules of this package. ``tests/test_imports.py`` checks both.
   measurements, the training recipe);
 - :mod:`.limits`: numbers and lists with one home (clusters' k range and pair count, upload extensions,
   job kinds, BatchNorm gamma thresholds), served to the pages' JavaScript from the server;
+- :mod:`.records`: the typed records written and read back (a trained variant's run record, inventory rows,
+  the cache's model records, job states), from which the API's schemas and the tests' expected keys come;
 - :mod:`.specs`: :class:`ModelSpec`, what a model is (its weight source is an object of the sources).
 """

@@ -14,25 +14,18 @@ import warnings
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import save
 from torch import nn
 
 from ..cache import atomic_write
+from ..declarations.records import RECORD_FORMAT, TrainingRun
 from ..declarations.specs import ModelSpec
-from ..names import InvalidName, check_model_name
+from ..names import check_model_name
 from ..settings import Settings
 from ..sources import Variant
 
-RECORD_FORMAT = "convscope-variant/1"
 MAX_CHECKPOINT_BYTES = 3 * 1024 * 1024
-#: keys every record has (tests check them; docs/FORMATS.md-style contract, see reference/README.md)
-RECORD_KEYS = (
-    "format", "model", "experiment", "variant", "description", "arch", "arch_kwargs", "dataset", "input_size",
-    "mean", "std", "num_classes", "input_transform", "trainable", "recipe", "epochs", "seed", "limit",
-    "train_size", "test_size", "params", "trainable_params", "history", "final_test_accuracy", "measurements",
-    "command", "argv", "code_version", "torch_version", "device", "deterministic", "images_per_s",
-    "train_seconds", "seconds", "created", "checkpoint", "checkpoint_sha256", "checkpoint_bytes",
-)
 
 
 class RecordError(Exception):
@@ -43,28 +36,33 @@ def local_variants_dir(settings: Settings) -> Path:
     return settings.data_dir / "variants"
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path) -> TrainingRun:
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise RecordError(f"{path}: not a readable JSON record ({e})") from None
     if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT:
         raise RecordError(f"{path}: not a convscope variant record (format {rec.get('format') if isinstance(rec, dict) else None!r})")
-    missing = [k for k in ("model", "arch", "arch_kwargs", "dataset", "input_size") if k not in rec]
-    if missing:
-        raise RecordError(f"{path}: record lacks {', '.join(missing)}")
     try:
-        check_model_name(rec["model"])
-    except InvalidName as e:
-        raise RecordError(f"{path}: {e}") from None
-    if rec["model"] != path.stem:
-        raise RecordError(f"{path}: record names model {rec['model']!r}, the file is named {path.stem!r}")
-    return rec
+        run = TrainingRun.model_validate(rec)
+    except ValidationError as e:
+        raise RecordError(f"{path}: {_fields(e)}; fix or delete the record (and its checkpoint), or train the "
+                          f"variant again") from None
+    if run.model != path.stem:
+        raise RecordError(f"{path}: record names model {run.model!r}, the file is named {path.stem!r}")
+    return run
 
 
-def scan(folder: Path) -> dict[str, tuple[dict, Path]]:
+def _fields(e: ValidationError) -> str:
+    """pydantic's errors as "field: what is wrong" (the field's path in the record, e.g. history.3.epoch)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'record'}: {err['msg']}"
+                     + ("" if err["type"] == "missing" else f" (got {str(err.get('input'))[:80]!r})")
+                     for err in e.errors())
+
+
+def scan(folder: Path) -> dict[str, tuple[TrainingRun, Path]]:
     """name -> (record, checkpoint path) for every valid pair in ``folder``; bad ones are warned and skipped."""
-    found: dict[str, tuple[dict, Path]] = {}
+    found: dict[str, tuple[TrainingRun, Path]] = {}
     if not folder.is_dir():
         return found
     for jpath in sorted(folder.glob("*.json")):
@@ -72,30 +70,30 @@ def scan(folder: Path) -> dict[str, tuple[dict, Path]]:
             continue
         ckpt = jpath.with_suffix(".safetensors")
         try:
-            rec = read_record(jpath)
+            run = read_record(jpath)
             if not ckpt.is_file():
                 raise RecordError(f"{jpath}: its checkpoint {ckpt.name} is missing")
         except RecordError as e:
             warnings.warn(f"skipping variant: {e}", stacklevel=2)
             continue
-        found[rec["model"]] = (rec, ckpt)
+        found[run.model] = (run, ckpt)
     return found
 
 
-def spec_from_record(rec: dict, ckpt: Path, *, reference: bool, replaces_reference: bool = False) -> ModelSpec:
-    extra = dict(rec)
+def spec_from_record(run: TrainingRun, ckpt: Path, *, reference: bool, replaces_reference: bool = False) -> ModelSpec:
+    # the spec's extra is the run record, with where it came from (the server reads it back as a TrainingRun)
+    extra = run.public()
     extra.update(reference=reference, replaces_reference=replaces_reference,
-                 experiment=rec.get("experiment"), variant=rec.get("variant"))
-    acc = rec.get("final_test_accuracy")
+                 experiment=run.experiment, variant=run.variant)
     where = "committed reference run" if reference else "local run"
     return ModelSpec(
-        name=rec["model"], arch=rec["arch"], source=Variant(ckpt, sha256=rec.get("checkpoint_sha256")),
-        dataset=rec["dataset"],
-        input_size=tuple(rec["input_size"]), mean=tuple(rec.get("mean") or ()), std=tuple(rec.get("std") or ()),
+        name=run.model, arch=run.arch, source=Variant(ckpt, sha256=run.checkpoint_sha256),
+        dataset=run.dataset,
+        input_size=tuple(run.input_size), mean=tuple(run.mean), std=tuple(run.std),
         license="MIT (trained by convscope)",
-        origin=f"{where}: {rec.get('command', 'convscope train')}",
-        description=f"{rec.get('experiment')} / {rec.get('variant')}: {rec.get('description', '')}".strip(),
-        accuracy=acc, family="variant", arch_kwargs=dict(rec["arch_kwargs"]), extra=extra)
+        origin=f"{where}: {extra.get('command', 'convscope train')}",
+        description=f"{run.experiment} / {run.variant}: {run.description}".strip(),
+        accuracy=run.final_test_accuracy, family="variant", arch_kwargs=dict(run.arch_kwargs), extra=extra)
 
 
 def variant_specs(settings: Settings) -> list[ModelSpec]:
@@ -140,7 +138,21 @@ def write_run(out_dir: Path, name: str, state: dict[str, torch.Tensor], record: 
     out_dir = Path(out_dir)
     ckpt = out_dir / f"{name}.safetensors"
     jpath = out_dir / f"{name}.json"
-    atomic_write(ckpt, raw)
     record.update(checkpoint=ckpt.name, checkpoint_sha256=hashlib.sha256(raw).hexdigest(), checkpoint_bytes=len(raw))
-    atomic_write(jpath, (json.dumps(record, indent=1, allow_nan=False) + "\n").encode())
+    text = json.dumps(_complete(name, record).public(), indent=1, allow_nan=False) + "\n"  # checked before writing
+    atomic_write(ckpt, raw)
+    atomic_write(jpath, text.encode())
     return ckpt, jpath
+
+
+def _complete(name: str, record: dict) -> TrainingRun:
+    """``record`` as a TrainingRun with every key a written record has (:meth:`TrainingRun.written_keys`);
+    RecordError naming the missing or mistyped fields: a record the zoo would refuse is never written."""
+    missing = [k for k in TrainingRun.written_keys() if k not in record]
+    if missing:
+        raise RecordError(f"{name}: the run record lacks {', '.join(missing)} (the trainer must write every "
+                          f"field of precompute/declarations/records.py TrainingRun)")
+    try:
+        return TrainingRun.model_validate(record)
+    except ValidationError as e:
+        raise RecordError(f"{name}: {_fields(e)}") from None

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..architectures import build
+from ..declarations.records import RECORD_FORMAT
 from ..devices import resolve_device, resolve_precision
 from ..pipeline import precompute_many
 from ..settings import Settings, get_settings
@@ -39,7 +40,7 @@ from .history import first_epoch_steps, weight_metrics
 from .measurements import MEASUREMENTS, dead_relu
 from .nets import init_weights
 from .recipes import EXPERIMENTS, INPUT_TRANSFORMS, RANDOM, TRAINABLE, Experiment, Recipe, transformed_size
-from .records import RECORD_FORMAT, fp16_state, local_variants_dir, read_record, write_run
+from .records import fp16_state, local_variants_dir, read_record, write_run
 from .resume import ResumeError, config_differences, load_state, resume_path, save_state
 
 #: progress(fraction done in [0, 1], message)
@@ -312,12 +313,12 @@ def _finished(out_dir: Path, name: str, cfg: RunConfig) -> Optional[dict]:
     if resume_path(out_dir, name).is_file() or not (jpath.is_file() and ckpt.is_file()):
         return None
     try:
-        rec = read_record(jpath)
+        run = read_record(jpath)
     except Exception:  # noqa: BLE001 - unreadable: train it again
         return None
-    if rec.get("config") != cfg.public():
+    if run.config != cfg.public():
         return None
-    return dict(rec, checkpoint_path=str(ckpt), record_path=str(jpath))
+    return dict(run.public(), checkpoint_path=str(ckpt), record_path=str(jpath))
 
 
 class _Run:
