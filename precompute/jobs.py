@@ -44,6 +44,7 @@ from pydantic import ValidationError
 
 from .cache import Cache, CorruptEntry, ResultKey, atomic_write, canonical_json
 from .declarations.limits import JOB_KINDS
+from .declarations.records import JobState
 from .errors import ModelError
 from .locks import file_lock
 from .names import MODEL_NAME, InvalidName, check_model_name
@@ -124,6 +125,7 @@ def list_jobs(settings: Settings) -> list[dict]:
 
 
 def _write(settings: Settings, job: dict) -> None:
+    JobState.as_written(job)  # the state's contract (precompute/declarations/records.py): refused, not written
     atomic_write(_state_path(settings, job["id"]), json.dumps(job, indent=1).encode())
 
 

@@ -14,6 +14,7 @@ import torch
 
 from .analyses import ANALYSES, ModelContext
 from .cache import Cache, CorruptEntry, ResultKey
+from .declarations.records import InventoryRow, ModelRecord
 from .devices import resolve_device
 from .inventory import inventory
 from .settings import Settings, get_settings
@@ -64,6 +65,8 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
             skipped = needs_architecture(chosen, loaded.spec)
     else:
         rows = inventory(module, loaded.spec.input_size, dev)
+    for r in rows:  # a row the readers would refuse fails here, before the analyses run
+        InventoryRow.as_written(r)
     ctx = ModelContext(name=name, module=module, inventory=rows, weights_sha256=loaded.weights_sha256, device=dev)
 
     record = {
@@ -125,6 +128,7 @@ def precompute_model(name: str, settings: Optional[Settings] = None, analyses: O
     with cache.model_lock(name):
         _merge_previous(record, _safe_model(cache, name), [a.name for a in chosen])
         record["status"] = "partial" if record["errors"] else "done"
+        ModelRecord.as_written(record)  # the record's contract (precompute/declarations/records.py), checked
         cache.put_model(name, record)
     report(1.0, f"{name}: {record['status']}")
     return record

@@ -4,13 +4,20 @@ The routes send stored bytes (cached results) or build JSON themselves, so these
 rather than serialise; ``tests/test_fuzz.py`` checks (schemathesis) that every response of every
 operation matches the shape declared here. ``extra="allow"``: a client must ignore keys it does not
 know, so adding a key is not a breaking change.
+
+What the API sends from a record is described once, by the record's model in
+``precompute/declarations/records.py``: the model detail is the :class:`ModelRecord` (with the summary and
+profiles the server adds), a layer's ``row`` an :class:`InventoryRow`, a job the public fields of
+:class:`JobState` (with the links and log the server adds).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from precompute.declarations.records import InventoryRow, JobState, ModelRecord
 
 
 class _Open(BaseModel):
@@ -70,27 +77,18 @@ class Profiles(_Open):
     sparsity: list[dict[str, Any]]
 
 
-class ModelDetail(_Open):
-    name: str
-    spec: dict[str, Any]
+class ModelDetail(ModelRecord):
+    """The model record (without the failures' tracebacks), with what the server adds."""
+
     summary: ModelSummary
-    weights_sha256: Optional[str] = None
-    file_sha256: Optional[str] = None
-    status: Optional[str] = None
-    created: Optional[str] = None
-    device: Optional[str] = None
-    seconds: Optional[float] = None
-    errors: dict[str, str]
-    analyses: dict[str, dict[str, Any]]
-    inventory: list[dict[str, Any]]
-    scalars: dict[str, dict[str, Any]]
     profiles: Profiles
+    human_names: dict[str, str] = Field(default_factory=dict, description="layer -> its name in words")
 
 
 class LayerContext(_Open):
     model: str
     layer: str
-    row: dict[str, Any]
+    row: InventoryRow
     analyses: list[str]
     scalars: dict[str, Any]
     bn: Optional[str] = None
@@ -110,7 +108,7 @@ class Neuron(_Open):
     layer: str
     neuron: int
     neurons: Optional[int] = None
-    row: dict[str, Any]
+    row: InventoryRow
     analyses: list[str]
     nmf: Optional[dict[str, Any]] = None
     kernels: Optional[dict[str, Any]] = None
@@ -250,24 +248,27 @@ class ArchitectureSearch(_Open):
     libraries: dict[str, str] = Field(..., description="library -> version the catalogue lists")
 
 
-class Job(_Open):
-    id: str
-    kind: str = Field(..., description="precompute, upload or train")
-    state: str = Field(..., description="queued, running, done or failed")
-    progress: float = Field(..., description="0..1")
-    message: Optional[str] = None
-    error: Optional[str] = Field(None, description="why it failed (failed jobs)")
-    attempts: int
-    created: Optional[float] = None
-    started: Optional[float] = None
-    finished: Optional[float] = None
+#: the fields of a job's state (JobState) that a client sees (server/jobs.py public_job): not its args (they
+#: may hold server paths), worker or history (shown as ``log``)
+JOB_PUBLIC_FIELDS = ("id", "kind", "state", "progress", "message", "error", "attempts", "created", "started",
+                     "finished", "result")
+
+
+# made from JobState's own fields (annotation and description), so that the two never disagree
+_JobState = create_model("JobStateFields", __base__=_Open,
+                         **{k: (JobState.model_fields[k].annotation, JobState.model_fields[k]) for k in JOB_PUBLIC_FIELDS})
+
+
+class Job(_JobState):
+    """A job as a client sees it: its state's public fields, and what server/jobs.py public_job adds."""
+
+    created_at: Optional[str] = Field(None, description="created, as UTC date and time")
     model: Optional[str] = None
     arch: Optional[str] = None
     filename: Optional[str] = None
     size: Optional[int] = None
     dataset: Optional[str] = None
     analyses: Optional[list[str]] = None
-    result: Optional[dict[str, Any]] = None
     log: list[str]
     url: str
     page: str

@@ -21,6 +21,7 @@ from precompute.analyses.histogram import HistogramParams, kth_smallest_abs, wei
 from precompute.analyses.nmf_core import nmf_layers
 from precompute.analyses.svd import colourfulness, connection_matrix, svd_of
 from precompute.analyses.symmetry import symmetry_score
+from precompute.declarations.records import InventoryRow
 from precompute.inventory import inventory
 
 SHA = "0" * 64
@@ -204,19 +205,19 @@ def test_clusters_on_tiny_model(contexts):
 
 
 def conv_ctx(weight: torch.Tensor, **row_over) -> tuple[ModelContext, dict]:
-    """A one-conv model with the given weight and its hand-written inventory row (docs/FORMATS.md)."""
+    """A one-conv model with the given weight and its inventory row, made (and checked) by InventoryRow."""
     N, C, kh, kw = weight.shape
     conv = nn.Conv2d(C, N, (kh, kw), bias=False)
     with torch.no_grad():
         conv.weight.copy_(weight)
     module = nn.Sequential(conv)
-    row = {"name": "0", "index": 0, "type": "conv", "class": "Conv2d", "weight_shape": [N, C, kh, kw],
-           "in_channels": C, "out_channels": N, "kernel": [kh, kw], "stride": [1, 1], "padding": [0, 0],
-           "dilation": [1, 1], "groups": 1, "padding_mode": "zeros", "depthwise": False, "input_size": [8, 8],
-           "output_size": [8 - kh + 1, 8 - kw + 1], "feeds_from": None, "follows": None, "uneven_padding": False,
-           "uneven_detail": {"top": 0, "bottom": 0, "left": 0, "right": 0}, "flatten_from": None,
-           "params": weight.numel()}
-    row.update(row_over)
+    row = InventoryRow.as_written({
+        "name": "0", "index": 0, "type": "conv", "class": "Conv2d", "weight_shape": [N, C, kh, kw],
+        "in_channels": C, "out_channels": N, "kernel": [kh, kw], "stride": [1, 1], "padding": [0, 0],
+        "pads": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1, "padding_mode": "zeros", "depthwise": False,
+        "input_size": [8, 8], "output_size": [8 - kh + 1, 8 - kw + 1], "feeds_from": None, "follows": None,
+        "uneven_padding": False, "uneven_detail": {"top": 0, "bottom": 0, "left": 0, "right": 0},
+        "flatten_from": None, "params": weight.numel(), **row_over}).public()
     return ModelContext("planted", module, [row], SHA, torch.device("cpu")), row
 
 
