@@ -165,6 +165,22 @@ def training_history(extra: dict) -> Optional[dict]:
             "gamma": keyed("gamma"), "banding": banding, "symmetry": keyed("symmetry"), "layers": list(banding)}
 
 
+def branch_tests(rec: dict) -> dict:
+    """The branch tests of the SVD analysis (precompute/analyses/branch_stats.py) from the model record's
+    scalars, at the first layer in execution order that has each: ``separation`` (where the branches merge:
+    do they separate on the singular vectors of |W|?) and ``frequency`` (do the image filters that each
+    branch reads differ in spatial frequency?), each {layer, eta2, p}; {} for a model without branches."""
+    sc = rec.get("scalars") or {}
+    out: dict = {}
+    for row in sorted(rec.get("inventory") or [], key=lambda r: r.get("index", 0)):
+        s = sc.get(row.get("name")) or {}
+        for key, name in (("separation", "branch_separation"), ("frequency", "branch_frequency")):
+            eta, p = finite(s.get(name)), finite(s.get(f"{name}_p"))
+            if key not in out and eta is not None and p is not None:
+                out[key] = {"layer": row["name"], "eta2": eta, "p": p}
+    return out
+
+
 def variant_row(experiment: str, variant: str, rec: dict) -> dict:
     """One row of the experiment table: the run and its headline numbers (see the module docstring)."""
     extra = _extra(rec)
@@ -197,6 +213,7 @@ def variant_row(experiment: str, variant: str, rec: dict) -> dict:
                              for p in prof["symmetry"] if p["strided"]],
         "mean_symmetry": (sum(p["value"] for p in prof["symmetry"]) / len(prof["symmetry"])) if prof["symmetry"] else None,
         "nmf_layers": _nmf_layers(rec),
+        "branch_tests": branch_tests(rec),
         "status": rec.get("status"),
         "profiles": {"symmetry": prof["symmetry"], "banding": prof["banding"]},
         "history": training_history(extra),

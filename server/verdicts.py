@@ -16,6 +16,7 @@ from __future__ import annotations
 from statistics import mean
 from typing import Callable, Optional, Sequence
 
+from precompute.declarations.limits import BRANCH_PERMUTATIONS
 from precompute.registry import Registry
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED = "reproduced", "not reproduced", "inconclusive", "not measured"
@@ -29,6 +30,11 @@ SYM_GAIN = 0.1
 SYM_DROP = 0.1
 #: ... and the drop is "removed" when it is below this
 SYM_NO_DROP = 0.05
+#: branches: a branch test counts when its permutation p value is below BRANCH_P and the branch explains at least
+#: BRANCH_ETA2 of the variance (a large effect, not only a detectable one); p >= BRANCH_P_NONE is "no effect"
+BRANCH_P = 0.01
+BRANCH_ETA2 = 0.3
+BRANCH_P_NONE = 0.05
 
 Rows = dict[str, dict]  # variant -> variant row
 VerdictFn = Callable[[Rows], list[dict]]
@@ -288,11 +294,63 @@ def symmetry(rows: Rows) -> list[dict]:
 
 
 # ---- branch specialisation ---------------------------------------------------------------------------------------
+def _branch_test(key: str) -> Callable[[dict], Optional[tuple[float, float]]]:
+    """(eta squared, p) of the variant row's branch test ``key`` ("separation" or "frequency")."""
+    def get(r: dict) -> Optional[tuple[float, float]]:
+        t = (r.get("branch_tests") or {}).get(key)
+        return (t["eta2"], t["p"]) if t else None
+
+    return get
+
+
+def _branch_verdict(tests: dict[str, list[tuple[float, float]]]) -> str:
+    """Reproduced when every branched run's test has p < BRANCH_P and eta squared >= BRANCH_ETA2; not
+    reproduced when none has p < BRANCH_P_NONE; inconclusive between."""
+    runs = [t for ts in tests.values() for t in ts]
+    if not runs:
+        return NOT_MEASURED
+    if all(p < BRANCH_P and eta >= BRANCH_ETA2 for eta, p in runs):
+        return REPRODUCED
+    return NOT_REPRODUCED if all(p >= BRANCH_P_NONE for _, p in runs) else INCONCLUSIVE
+
+
+def _branch_measured(tests: dict[str, list[tuple[float, float]]], rows: Rows, key: str) -> str:
+    parts = []
+    for variant, ts in tests.items():
+        layer = ((rows[variant].get("branch_tests") or {}).get(key) or {}).get("layer", "?")
+        parts.append(f"{variant} branches ({layer}): " + ", ".join(f"η² {eta:.2f} (p = {p:.3f})" for eta, p in ts))
+    return "; ".join(parts) if parts else "—"
+
+
 @verdicts_for("branches")
 def branches(rows: Rows) -> list[dict]:
-    return [_verdict(
-        "the branches of a split layer specialise (colour vs black and white)",
-        "in AlexNet-style two-branch networks one branch learns colour features, the other black-and-white ones",
-        "not measured: the variants train on Fashion-MNIST, which is grey, and no RGB image dataset installs offline "
-        "from PyPI or Debian here (CIFAR-10 needs a download: `convscope train branches --dataset cifar10 --download`)",
-        NOT_MEASURED, "colour vs black and white needs RGB inputs", (rows.get("2"), rows.get("4")))]
+    branched = {v: rows[v] for v in ("2", "4") if rows.get(v)}
+    sep = {v: _values(r, _branch_test("separation")) for v, r in branched.items()}
+    freq = {v: _values(r, _branch_test("frequency")) for v, r in branched.items()}
+    rule = (f"reproduced: every branched run p < {BRANCH_P} ({BRANCH_PERMUTATIONS:,} label shuffles) and "
+            f"η² >= {BRANCH_ETA2}; not reproduced: every p >= {BRANCH_P_NONE}")
+    return [
+        _verdict(
+            "the branches separate where they merge (SVD of |W| of the first layer that reads them all)",
+            "neurons of different branches connect to different neurons of the next layer: in unbranched "
+            "networks the leading singular vectors of |W| already split colour from black and white, then frequency",
+            "largest share of a singular vector's variance between the branches: "
+            + _branch_measured(sep, rows, "separation"),
+            _branch_verdict(sep), rule, tuple(branched.values()),
+            **{f"separation_{v}": [list(t) for t in ts] for v, ts in sep.items()}),
+        _verdict(
+            "the branches specialise in spatial frequency (grey images: the image filters each branch reads)",
+            "AlexNet-style splits: a high-frequency black-and-white branch and a low-frequency colour branch; "
+            "with four branches, high-, mid- and low-frequency ones",
+            "share of the stem filters' frequency variance between the branches that read them: "
+            + _branch_measured(freq, rows, "frequency"),
+            _branch_verdict(freq), rule, tuple(branched.values()),
+            **{f"frequency_{v}": [list(t) for t in ts] for v, ts in freq.items()}),
+        _verdict(
+            "the branches of a split layer specialise (colour vs black and white)",
+            "in AlexNet-style two-branch networks one branch learns colour features, the other black-and-white ones",
+            "not measured: the variants train on Fashion-MNIST, which is grey, and no RGB image dataset installs "
+            "offline from PyPI or Debian here (CIFAR-10 needs a download: `convscope train branches --dataset "
+            "cifar10 --download`)",
+            NOT_MEASURED, "colour vs black and white needs RGB inputs", tuple(branched.values())),
+    ]

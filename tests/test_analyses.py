@@ -174,7 +174,7 @@ def test_tiny_results_shapes(contexts):
     fsvd, _ = run_all(ANALYSES.get("svd"), flat)
     prop = fsvd["3"]["feeder_property"]  # an RGB feeder of a grouped conv: colourfulness and branches
     assert prop["name"] == "colourfulness" and prop["branch"] == [0, 0, 1, 1] and len(prop["values"]) == 4
-    assert list(fsvd["3"]["feeder_properties"]) == ["colourfulness", "branch", "norm"]
+    assert list(fsvd["3"]["feeder_properties"]) == ["colourfulness", "branch", "frequency", "orientation", "norm"]
     assert fsvd["6"]["feeder_properties"]["branch"] == [0, 0, 0, 1, 1, 1]  # the feeder's own groups
     assert list(svd["8"]["feeder_properties"]) == ["norm"]  # fed by a depthwise conv: no branches
     assert fsvd["6"]["feeder"] == "3" and np.array(fsvd["6"]["v"]).shape == (6, 5)
@@ -379,7 +379,7 @@ def test_svd_feeder_properties_planted():
     res, rows = run_all(ANALYSES.get("svd"), make_ctx(net, (3, 12, 12), "planted"))
     assert [r["name"] for r in rows] == ["2", "4"]
     props = res["2"]["feeder_properties"]
-    assert list(props) == ["colourfulness", "branch", "norm"]
+    assert list(props) == ["colourfulness", "branch", "frequency", "orientation", "norm"]  # "0" reads the image
     c = props["colourfulness"]
     assert abs(c[0]) < 1e-6 and abs(c[1]) < 1e-6 and min(c[2:]) > 0.3, c
     assert props["branch"] == [0, 0, 1, 1]
@@ -395,6 +395,7 @@ def test_svd_feeder_properties_planted():
     res, _ = run_all(ANALYSES.get("svd"), make_ctx(plain, (3, 12, 12), "plain"))
     assert list(res["2"]["feeder_properties"]) == ["norm"]
     assert res["2"]["feeder_property"] == {"name": "norm", "values": res["2"]["feeder_properties"]["norm"]}
+    assert list(res["1"]["feeder_properties"]) == ["colourfulness", "frequency", "orientation", "norm"]
 
 
 def test_colourfulness():

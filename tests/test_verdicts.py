@@ -85,6 +85,27 @@ def test_every_experiment_has_rules_and_branches_says_why_not():
     from precompute.declarations.experiments import EXPERIMENTS
 
     assert sorted(VERDICTS.names()) == sorted(EXPERIMENTS.names())
-    (v,) = experiment_verdicts("branches", [_row("1"), _row("2")])
-    assert v["verdict"] == NOT_MEASURED and "grey" in v["measured"]
+    sep, freq, colour = experiment_verdicts("branches", [_row("1"), _row("2")])
+    assert colour["verdict"] == NOT_MEASURED and "grey" in colour["measured"]
+    assert sep["verdict"] == freq["verdict"] == NOT_MEASURED  # rows without branch tests
     assert experiment_verdicts("nope", []) == []
+
+
+def _tests(sep, freq):
+    return {"separation": {"layer": "merge", "eta2": sep[0], "p": sep[1]},
+            "frequency": {"layer": "first", "eta2": freq[0], "p": freq[1]}}
+
+
+@pytest.mark.parametrize("two, four, expected", [
+    ((0.6, 0.001), (0.5, 0.004), REPRODUCED),          # both significant and large
+    ((0.6, 0.001), (0.2, 0.004), INCONCLUSIVE),        # significant but small in one
+    ((0.6, 0.001), (0.5, 0.2), INCONCLUSIVE),          # one run does not show it
+    ((0.15, 0.18), (0.23, 0.34), NOT_REPRODUCED),      # neither: p >= 0.05 everywhere
+])
+def test_branch_verdicts_from_the_tests(two, four, expected):
+    rows = [_row("1"), _row("2", branch_tests=_tests(two, two)), _row("4", branch_tests=_tests(four, four))]
+    sep, freq, _ = experiment_verdicts("branches", rows)
+    assert sep["verdict"] == freq["verdict"] == expected
+    assert f"η² {two[0]:.2f} (p = {two[1]:.3f})" in sep["measured"] and "(merge)" in sep["measured"]
+    assert "(first)" in freq["measured"] and "1,000 label shuffles" in sep["threshold"]
+    assert sep["numbers"]["separation_2"] == [list(two)]

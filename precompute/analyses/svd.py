@@ -25,8 +25,16 @@ permutation-like matrix whose SVD only sorts the neurons by kernel norm.
   of each feeder neuron's weights. An RGB feeder of a grouped layer also carries ``branch``
   beside its colourfulness (the article's question: does one branch take the colour filters?).
 - ``feeder_properties`` ({name: values}, version 2) holds every colouring that applies, the default
-  (``feeder_property``'s) first: ``colourfulness`` and ``branch`` as above where they apply, and
-  ``norm`` always, so a reader can let the user choose.
+  (``feeder_property``'s) first: ``colourfulness`` and ``branch`` as above where they apply, then
+  (version 3) ``frequency`` and ``orientation`` when the feeder is a conv that reads the image
+  (:func:`~.branch_stats.kernel_frequency`), and ``norm`` always, so a reader can let the user choose.
+- ``branch_tests`` (version 3, where the feeder's neurons carry ``branch``): does the branch explain how
+  the neurons differ (:func:`~.branch_stats.branch_test`: eta squared and a permutation p value)?
+  ``separation``: the feeder's coordinates on the k right singular vectors, only where this layer is not
+  itself grouped (it merges the branches: a grouped layer's M is block-diagonal, so its singular vectors
+  separate the branches by construction); ``properties``: each other colouring, one test each. The
+  depth profiles get ``branch_separation`` / ``branch_separation_p`` and ``branch_frequency`` /
+  ``branch_frequency_p``.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Analysis, ModelContext, register_analysis, to_list
+from .branch_stats import branch_test, kernel_frequency
 
 
 #: rows of a linear layer's weight taken at a time by :func:`connection_matrix`
@@ -163,10 +172,18 @@ def _grouped(row: dict) -> int:
     return g if g > 1 and not row.get("depthwise") else 1
 
 
+def reads_image(feeder: dict, fw: torch.Tensor) -> bool:
+    """A conv with spatial kernels on the network's input (no feeder of its own; 1 to 4 channels, not grouped):
+    its kernels are image filters, whose frequency and orientation mean what they say."""
+    return (fw.dim() == 4 and not feeder.get("feeds_from") and fw.shape[1] <= 4 and min(fw.shape[2:]) > 1
+            and int(feeder.get("groups") or 1) == 1)
+
+
 def feeder_properties(fw: torch.Tensor, feeder: dict, row: dict) -> dict[str, list]:
     """Every colouring of the feeder's neurons that applies, the default first: ``colourfulness`` (an RGB
-    feeder conv, not grouped), ``branch`` (this layer or the feeder a grouped, not depthwise, conv) and
-    ``norm`` (always: the L2 norm of each feeder neuron's weights)."""
+    feeder conv, not grouped), ``branch`` (this layer or the feeder a grouped, not depthwise, conv),
+    ``frequency`` and ``orientation`` (a feeder that reads the image) and ``norm`` (always: the L2 norm of
+    each feeder neuron's weights)."""
     n1 = int(feeder["out_channels"])
     out: dict[str, list] = {}
     if fw.dim() == 4 and fw.shape[1] == 3 and int(feeder.get("groups") or 1) == 1:
@@ -174,7 +191,29 @@ def feeder_properties(fw: torch.Tensor, feeder: dict, row: dict) -> dict[str, li
     g = _grouped(row) if _grouped(row) > 1 else _grouped(feeder)
     if g > 1:
         out["branch"] = (torch.arange(n1) // (n1 // g)).tolist()
+    if reads_image(feeder, fw):
+        frequency, orientation = kernel_frequency(fw)
+        out["frequency"], out["orientation"] = to_list(frequency), to_list(orientation)
     out["norm"] = to_list(fw.flatten(1).norm(dim=1))
+    return out
+
+
+def branch_tests(props: dict[str, list], v: torch.Tensor, row: dict) -> dict | None:
+    """The branch tests of the module docstring, or None where the feeder's neurons have no ``branch``.
+
+    props: :func:`feeder_properties`; v: (N1, k) the feeder's coordinates on the right singular vectors.
+    """
+    if "branch" not in props:
+        return None
+    labels = torch.tensor(props["branch"])
+    out: dict = {"separation": None, "properties": {}}
+    if _grouped(row) == 1:
+        live = v.abs().sum(0) > 0  # singular vectors reported as 0 (unresolvable) are left out
+        if bool(live.any()):
+            out["separation"] = branch_test(v[:, live], labels)
+    for name, values in props.items():
+        if name != "branch":
+            out["properties"][name] = branch_test(torch.tensor(values, dtype=torch.float64), labels)
     return out
 
 
@@ -218,6 +257,7 @@ class SVD(Analysis):
             prop = {"name": name, "values": props[name]}
             if name == "colourfulness" and "branch" in props:
                 prop["branch"] = props["branch"]
+            tests = branch_tests(props, res["v"], row)
             out[row["name"]] = {
                 "feeder": feeder["name"],
                 "singular_values": to_list(res["singular_values"]),
@@ -225,5 +265,17 @@ class SVD(Analysis):
                 "pca": {k: to_list(v) for k, v in res["pca"].items()},
                 "feeder_property": prop,
                 "feeder_properties": props,
+                **({"branch_tests": tests} if tests else {}),
             }
+        return out
+
+    def scalars(self, result: dict) -> dict[str, float]:
+        """``branch_separation`` (largest eta squared over the singular vectors) and ``branch_frequency``, each
+        with its permutation p value, where the branch tests ran."""
+        tests = result.get("branch_tests") or {}
+        out = {}
+        for key, test in (("branch_separation", tests.get("separation")),
+                          ("branch_frequency", (tests.get("properties") or {}).get("frequency"))):
+            if test:
+                out[key], out[f"{key}_p"] = test["eta2_best"], test["p"]
         return out

@@ -43,8 +43,9 @@ declare("symmetry", 1, scalars=("symmetry",))
 # 2: accelerated HALS, tol 5e-5; 3: banding index over the RGB channels, not their sum
 declare("nmf", 3, scalars=("banding_index", "nmf_error"))
 declare("kernels", 1)
-# 2: feeder_properties (every colouring that applies) beside feeder_property
-declare("svd", 2)
+# 2: feeder_properties (every colouring that applies) beside feeder_property; 3: frequency and orientation of
+# image filters, branch_tests (does the branch explain the singular vectors and the colourings?)
+declare("svd", 3, scalars=("branch_separation", "branch_separation_p", "branch_frequency", "branch_frequency_p"))
 declare("histogram", 1, scalars=("sparsity", "kurtosis"))
 declare("batchnorm", 1, scalars=tuple(f"gamma_below_{t}" for t in GAMMA_THRESHOLDS))
 declare("fc-spatial", 1)

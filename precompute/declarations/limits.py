@@ -68,6 +68,10 @@ GAMMA_THRESHOLDS = ("0.01", "0.05", "0.1")
 #: the threshold of the findings' and experiments' headline "switched off" share
 GAMMA_OFF = GAMMA_THRESHOLDS[0]
 
+#: label shuffles of the branch tests' permutation test (precompute/analyses/branch_stats.py); the smallest p
+#: value they can give is 1 / (BRANCH_PERMUTATIONS + 1). A change alters cached p values: bump svd's version
+BRANCH_PERMUTATIONS = 1000
+
 
 def int_range_pattern(low: int, high: int) -> str:
     """A JSON-schema (ECMA) pattern for the integers ``low..high`` written plainly (0 <= low <= high < 100):

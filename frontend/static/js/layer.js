@@ -367,6 +367,7 @@
         { xref: "paper", yref: "paper", x: narrowSvd ? 0 : 0.56, y: narrowSvd ? 0.47 : 1.08, xanchor: "left", showarrow: false, text: `<b>${CS.escapeHTML(layer)}</b> (this layer, left vectors)` },
       ],
     });
+    note("svd-branches", branchTestsText(svd.branch_tests));
     const div = el("plot-svd");
     if (!div.dataset.bound) {
       div.dataset.bound = "1";
@@ -376,6 +377,25 @@
         location.href = p.curveNumber === 0 ? CS.urls.neuronPage(model, svd.feeder, p.customdata) : CS.urls.neuronPage(model, layer, p.customdata);
       });
     }
+  }
+  /** The branch tests of an SVD result (version 3) in words, with their numbers; "" where there are none. */
+  function branchTestsText(bt) {
+    if (!bt) return "";
+    const fmt = (t) => `η² ${t.eta2_best.toFixed(2)} (chance ≈ ${t.chance.toFixed(2)}), p = ${t.p.toFixed(3)}`;
+    const parts = [];
+    if (bt.separation) {
+      parts.push(`separate most on singular vector ${bt.separation.best}: ${fmt(bt.separation)}`);
+    } else {
+      parts.push("this layer is grouped, so its |W| is block-diagonal and its singular vectors separate the branches by construction (no test)");
+    }
+    const props = bt.properties || {};
+    for (const name of Object.keys(props)) {
+      const t = props[name];
+      const means = (t.means || []).map((m) => Number(m[0]).toPrecision(3)).join(" / ");
+      parts.push(`${CS.escapeHTML(name)}: ${fmt(t)}, branch means ${means}`);
+    }
+    const n = ((props.norm || bt.separation || {}).permutations) || "";
+    return `<b>Branches of ${CS.escapeHTML(svd.feeder)}</b>: ${parts.join("; ")}. η² is the share of the variance between the branches' means; p from ${n} shuffles of the branch labels.`;
   }
   function setupSvd() {
     if (!has("svd")) return;
