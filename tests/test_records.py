@@ -13,8 +13,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from precompute.cache import Cache
-from precompute.declarations.records import (RECORD_FORMAT, InventoryRow, JobState, ModelRecord, TrainingRun,
-                                             training_run)
+from precompute.declarations.records import InventoryRow, JobState, ModelRecord, TrainingRun, training_run
 from precompute.experiments.records import RecordError, read_record, scan, spec_from_record, write_run
 from precompute.inventory import inventory
 from precompute.jobs import read_job, submit
