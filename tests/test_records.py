@@ -9,17 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from torch import nn
 
+import precompute.pipeline as pipeline
 from precompute.cache import Cache
 from precompute.declarations.records import InventoryRow, JobState, ModelRecord, TrainingRun, training_run
 from precompute.experiments.records import RecordError, read_record, scan, spec_from_record, write_run
 from precompute.inventory import inventory
 from precompute.jobs import read_job, submit
-from precompute.pipeline import precompute_model
 from precompute.settings import Settings
 from server import schemas
+from server.app import create_app
 from server.runs import run_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,7 +178,7 @@ def test_committed_cache_records_validate():
 def test_the_pipeline_writes_records_that_validate(tmp_path):
     """A real precompute (two analyses of the untrained ResNet-20): the record in the cache fits ModelRecord."""
     settings = Settings(data_dir=tmp_path, store_dir=tmp_path / "store", device="cpu")
-    record = precompute_model("resnet20-random", settings, analyses=["symmetry", "batchnorm"], device="cpu")
+    record = pipeline.precompute_model("resnet20-random", settings, analyses=["symmetry", "batchnorm"], device="cpu")
     cached = _cached_records(settings.cache)["resnet20-random"]
     m = ModelRecord.as_written(cached)
     assert m.status == "done" and set(m.analyses) == {"symmetry", "batchnorm"} and len(m.inventory) > 20
@@ -184,8 +186,6 @@ def test_the_pipeline_writes_records_that_validate(tmp_path):
 
 
 def test_the_pipeline_refuses_a_row_that_does_not_fit(tmp_path, monkeypatch):
-    import precompute.pipeline as pipeline
-
     real = pipeline.inventory
     monkeypatch.setattr(pipeline, "inventory", lambda *a, **k: [dict(r, params=str(r["params"])) for r in real(*a, **k)])
     settings = Settings(data_dir=tmp_path, store_dir=tmp_path / "store", device="cpu")
@@ -232,10 +232,6 @@ def _shape(schema):
 
 
 def test_openapi_documents_the_record_models(tmp_path):
-    from fastapi.testclient import TestClient
-
-    from server.app import create_app
-
     settings = Settings(data_dir=tmp_path, store_dir=tmp_path / "store", device="cpu")
     with TestClient(create_app(settings)) as c:
         doc = c.get("/openapi.json").json()
