@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from precompute.declarations.records import InventoryRow, JobState, ModelRecord
+from precompute.declarations.records import InventoryRow, JobState, ModelRecord, Plateau, Snapshot
 
 
 class _Open(BaseModel):
@@ -43,6 +43,18 @@ class LayerCounts(_Open):
     batchnorm: int
 
 
+class TrainingSummary(_Open):
+    """A trained variant's run, from its run record (server/views.py ``_training_summary``)."""
+
+    experiment: Optional[str] = None
+    variant: Optional[str] = None
+    epochs: Optional[int] = None
+    seed: int
+    plateau: Optional[Plateau] = None
+    snapshot: Optional[Snapshot] = None
+    at_plateau: bool = Field(..., description="the run reached its accuracy plateau, or is untrained (epochs 0)")
+
+
 class ModelSummary(_Open):
     name: str
     arch: Optional[str] = None
@@ -63,6 +75,7 @@ class ModelSummary(_Open):
     errors: int = Field(..., description="number of analyses that failed for this model")
     symmetry_profile: list[float]
     mean_symmetry: Optional[float] = None
+    training: Optional[TrainingSummary] = Field(None, description="trained variants only (family variant)")
 
 
 class ModelList(_Open):

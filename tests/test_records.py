@@ -23,6 +23,7 @@ from precompute.settings import Settings
 from server import schemas
 from server.app import create_app
 from server.runs import run_of
+from server.views import model_summary
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "reference"
@@ -135,6 +136,19 @@ def test_server_shows_a_variant_with_a_bad_run_without_it_and_says_why(caplog):
     said = [r.getMessage() for r in caplog.records if "bad-variant-for-the-log" in r.getMessage()]
     assert len(said) == 1 and "seed" in said[0], said  # once per model, naming the field
     assert run_of({"name": "m", "spec": {"family": "real", "extra": {"twin_of": "x"}}}) is None
+
+
+def test_a_variants_summary_fits_the_documented_schema():
+    """The model summary of a trained variant (its ``training``, from the run record) is what the API's
+    ModelSummary documents: plateau and snapshot are the run record's own models."""
+    rec = next(iter(_cached_records(BODIES_CACHE).values()))
+    run, ckpt = scan(REFERENCE)["banding-baseline"]
+    spec = spec_from_record(run, ckpt, reference=True).public()
+    summary = json.loads(json.dumps(model_summary({**rec, "spec": spec})))
+    assert summary["training"]["plateau"] == _reference_record()["plateau"]
+    documented = schemas.ModelSummary.model_validate(summary)
+    assert documented.training.plateau == run.plateau and documented.training.variant == "baseline"
+    assert "training" not in model_summary(rec)  # not a variant
 
 
 # ---- inventory rows and model records -----------------------------------------------------------------
