@@ -261,3 +261,23 @@ def test_grids_share_one_colour_alignment(page):
         best = max(scores.values())
         chosen = tuple(int(x) for x in grids.nth(i).get_attribute("data-permutation").split(","))
         assert scores[chosen] == pytest.approx(best, abs=1e-9), (v["variant"], chosen, scores)
+
+
+@pytest.mark.parametrize("layer, test", [("layer3.0.conv1", "separation"), ("layer1.0.conv1", "frequency")])
+def test_layer_page_says_the_branch_tests(page, layer, test):
+    """Under the SVD chart of a layer whose feeder is split into branches: the branch tests' numbers, the same as
+    the API's (separation where the branches merge; the frequency of the image filters each branch reads)."""
+    svd = page.request.get(f"/api/models/branches-4/layers/{layer}/svd").json()["data"]
+    bt = svd["branch_tests"]
+    t = bt["separation"] if test == "separation" else bt["properties"]["frequency"]
+    page.goto(f"/models/branches-4/layers/{layer}")
+    ready(page, 60000)
+    note = page.locator("#svd-branches")
+    note.wait_for(state="visible")
+    text = note.inner_text()
+    assert text.startswith(f"Branches of {svd['feeder']}")
+    assert f"η² {t['eta2_best']:.2f} (chance ≈ {t['chance']:.2f}), p = {t['p']:.3f}" in text
+    assert "1,000 shuffles" in text
+    if test == "frequency":
+        assert "block-diagonal" in text  # a grouped layer: no separation test, and the page says why
+    shot(page, f"branch-tests-{layer}")

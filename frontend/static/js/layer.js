@@ -394,7 +394,7 @@
       const means = (t.means || []).map((m) => Number(m[0]).toPrecision(3)).join(" / ");
       parts.push(`${CS.escapeHTML(name)}: ${fmt(t)}, branch means ${means}`);
     }
-    const n = ((props.norm || bt.separation || {}).permutations) || "";
+    const n = Number(((props.norm || bt.separation || {}).permutations) || 0).toLocaleString("en-US");
     return `<b>Branches of ${CS.escapeHTML(svd.feeder)}</b>: ${parts.join("; ")}. η² is the share of the variance between the branches' means; p from ${n} shuffles of the branch labels.`;
   }
   function setupSvd() {
