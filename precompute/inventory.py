@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .filepages import release_module
+
 CONV_TYPES = (nn.Conv2d,)
 BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -77,6 +79,9 @@ def inventory(module: nn.Module, input_size: Sequence[int], device: str | torch.
             records.append((m, in_shape, out_shape))
         if out_shape is not None and len(out_shape) == 4:
             last4d[0] = out_shape
+        # the layer has run: its weights' pages, when they are read from the file's memory map, are given back
+        # (the pass would otherwise leave the whole file resident; precompute/filepages.py)
+        release_module(m, recurse=False)
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if len(list(m.children())) == 0
                or isinstance(m, (nn.Linear,) + CONV_TYPES + BN_TYPES)]

@@ -453,6 +453,15 @@ def test_histogram_chunked_top10_is_the_whole_layer_formula(n):
     assert res["top10_l1_share"] == pytest.approx(share, rel=1e-12, abs=0)
 
 
+@pytest.mark.parametrize("n", [1, 5, 4097, 65_537, (1 << 22) + 5, 10_276_045])
+def test_float32_summed_in_float64_is_the_float64_copys_sum(n):
+    """Issue 18 (big models): the histogram keeps the weights above the top-10 % threshold in float32 and sums
+    them with ``sum(dtype=float64)``; that is the sum of their float64 copy to the last bit (the cached
+    ``top10_l1_share`` did not change when the buffer went from float64 to float32)."""
+    a = torch.rand(n, generator=torch.Generator().manual_seed(n)) * 3.0
+    assert float(a.sum(dtype=torch.float64)) == float(a.double().sum())
+
+
 def test_kth_smallest_abs_every_rank_with_ties_zeros_and_inf():
     w = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.5, float("inf"), -float("inf"), 1e-45, 3.0, -2.5, 0.5])
     for r in range(1, w.numel() + 1):

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..declarations import analyses as declared
+from ..filepages import release_module
 from ..registry import Registry
 from .nmf_core import cpu_threads
 
@@ -29,6 +30,12 @@ class ModelContext:
     """One loaded model as the analyses see it.
 
     ``inventory`` is the list of layer rows from :mod:`precompute.inventory` (JSON-able dicts).
+
+    Weights read from the file's memory map (precompute/filepages.py) are given back to the file as the
+    analyses move on: every page when the context is made and when an analysis has run, and a layer's when
+    the analyses have asked for :data:`KEEP` other layers since (an analysis reads its layers one after the
+    other, a layer and its feeder together), so the process holds about the layers being worked on rather than
+    the whole file.
     """
 
     name: str
@@ -37,10 +44,24 @@ class ModelContext:
     weights_sha256: str
     device: torch.device
     _modules: dict = field(default_factory=dict, repr=False)
+    #: the layers whose weights were read last, the latest last (their pages are kept)
+    _recent: list = field(default_factory=list, repr=False)
+    #: layers whose pages stay resident after they were read
+    KEEP: ClassVar[int] = 2
 
     def __post_init__(self):
         self._modules = dict(self.module.named_modules())
         self._rows = {r["name"]: r for r in self.inventory}
+        release_module(self.module)
+
+    def _read(self, layer: str) -> None:
+        """Note that ``layer``'s weights are being read; give back the pages of the layer read :data:`KEEP`
+        layers before."""
+        if layer in self._recent:
+            self._recent.remove(layer)
+        self._recent.append(layer)
+        while len(self._recent) > self.KEEP:
+            release_module(self._modules[self._recent.pop(0)], recurse=False)
 
     def row(self, layer: str) -> dict:
         return self._rows[layer]
@@ -50,9 +71,11 @@ class ModelContext:
 
     def weight(self, layer: str) -> torch.Tensor:
         """The layer's weight as float32 on the context's device. Conv: (N, C/groups, kh, kw)."""
+        self._read(layer)
         return self._modules[layer].weight.detach().to(self.device, torch.float32)
 
     def bias(self, layer: str) -> Optional[torch.Tensor]:
+        self._read(layer)
         b = getattr(self._modules[layer], "bias", None)
         return None if b is None else b.detach().to(self.device, torch.float32)
 
@@ -108,7 +131,10 @@ class Analysis:
         """Compute the result of every layer in ``rows``; returns {layer name: JSON-able result} (a dict, or
         a :class:`LazyResults` that makes each layer's result when it is read)."""
         with cpu_threads(self.threads if ctx.device.type == "cpu" else 0):
-            return self._run(ctx, rows, params)
+            try:
+                return self._run(ctx, rows, params)
+            finally:  # the pages of the layers it read all at once (NMF reads every layer, then fits)
+                release_module(ctx.module)
 
     def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
         raise NotImplementedError
