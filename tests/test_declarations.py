@@ -114,6 +114,8 @@ def test_the_javascript_holds_no_copy_of_the_limits():
     for name, text in {**js, **html}.items():
         assert not re.search(r"Math\.max\(4, Math\.min\(19|range\(4, 20\)|max_pairs \|\| 16", text), name
         assert not re.search(r'\[\s*"0\.01",\s*"0\.05",\s*"0\.1"\s*\]|\[0\.01, 0\.05, 0\.1\]', text), name
+        # one gamma threshold picked by hand (the compare chart's was "0.05"): limits.gamma_off / gamma_compare
+        assert not re.search(r'values\[\s*"0\.\d+"\s*\]|\|γ\| < 0\.\d', text), name
 
 
 def test_every_declared_analysis_is_registered_with_its_declared_version_and_scope():

@@ -67,6 +67,9 @@ JOB_KINDS = ("precompute", "upload", "train")
 GAMMA_THRESHOLDS = ("0.01", "0.05", "0.1")
 #: the threshold of the findings' and experiments' headline "switched off" share
 GAMMA_OFF = GAMMA_THRESHOLDS[0]
+#: the threshold the compare page's "small |gamma| along depth" chart draws: 0.05 rather than 0.01, because
+#: normally trained nets have almost no |gamma| < 0.01 (0 to 3.5 % in the zoo), so their lines would lie flat at 0
+GAMMA_COMPARE = GAMMA_THRESHOLDS[1]
 
 #: label shuffles of the branch tests' permutation test (precompute/analyses/branch_stats.py); the smallest p
 #: value they can give is 1 / (BRANCH_PERMUTATIONS + 1). A change alters cached p values: bump svd's version
@@ -94,5 +97,6 @@ def public() -> dict:
     """The limits the pages' JavaScript and templates use (the ``limits`` of every page's boot data)."""
     return {"k_min": CLUSTER_K_MIN, "k_max": CLUSTER_K_MAX, "k_default": CLUSTER_K_DEFAULT,
             "max_pairs": MAX_CLUSTER_PAIRS, "gamma_thresholds": list(GAMMA_THRESHOLDS), "gamma_off": GAMMA_OFF,
+            "gamma_compare": GAMMA_COMPARE,
             "upload_extensions": list(UPLOAD_EXTENSIONS),
             "graph_extensions": [e for exts, carries in FILE_FORMATS.values() if carries for e in exts]}

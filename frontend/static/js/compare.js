@@ -146,9 +146,10 @@
     const click = (div) => { if (!div.dataset.bound) { div.dataset.bound = "1"; div.on("plotly_click", (ev) => { const p = ev.points[0]; location.href = CS.urls.layerPage(models[p.curveNumber], p.customdata); }); } };
     await CS.plot("plot-csymmetry", lines("symmetry", (p) => p.value), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { range: [0, 1.02], title: { text: "symmetry S" } } }).then(click);
     await CS.plot("plot-cbanding", lines("banding", (p) => p.value), { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { range: [-1.05, 1.05], title: { text: "banding index" } } }).then(click);
-    const gammaLines = lines("gamma", (p) => p.values["0.05"]);
+    const gt = CS.limits.gamma_compare;  // the threshold drawn: the server's (limits.py GAMMA_COMPARE)
+    const gammaLines = lines("gamma", (p) => p.values[gt]);
     if (gammaLines.some((t) => t.x.length)) {
-      await CS.plot("plot-cgamma", gammaLines, { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { rangemode: "tozero", tickformat: ".0%", title: { text: "|γ| < 0.05" } } }).then(click);
+      await CS.plot("plot-cgamma", gammaLines, { height: 320, xaxis: { title: { text: xTitle } }, yaxis: { rangemode: "tozero", tickformat: ".0%", title: { text: `|γ| < ${gt}` } } }).then(click);
     } else {  // an empty axis would look like "no small gammas"; there are no gammas at all
       const div = el("plot-cgamma");
       if (div.dataset.rendered) { Plotly.purge(div); delete div.dataset.rendered; }
@@ -157,7 +158,7 @@
     const rowsOf = (key, val) => [["model", "layer", "x", key]].concat(details.flatMap((d, j) => d.profiles[key].map((p, i) => [models[j], p.layer, xOf(p, i), val(p)])));
     CS.figure("csymmetry", "compare_symmetry", { png: () => CS.plotPNG(el("plot-csymmetry")), csv: () => rowsOf("symmetry", (p) => p.value), json: () => details.map((d) => ({ model: d.name, symmetry: d.profiles.symmetry })) });
     CS.figure("cbanding", "compare_banding", { png: () => CS.plotPNG(el("plot-cbanding")), csv: () => rowsOf("banding", (p) => p.value), json: () => details.map((d) => ({ model: d.name, banding: d.profiles.banding })) });
-    CS.figure("cgamma", "compare_small_gamma", { png: () => CS.plotPNG(el("plot-cgamma")), csv: () => rowsOf("gamma", (p) => p.values["0.05"]), json: () => details.map((d) => ({ model: d.name, gamma: d.profiles.gamma })) });
+    CS.figure("cgamma", "compare_small_gamma", { png: () => CS.plotPNG(el("plot-cgamma")), csv: () => rowsOf("gamma", (p) => p.values[CS.limits.gamma_compare]), json: () => details.map((d) => ({ model: d.name, gamma: d.profiles.gamma })) });
   }
 
   async function renderHistograms(pairs) {
