@@ -1,11 +1,13 @@
 """The architectures of torchvision and timm by name: ``torchvision:resnet50``, ``timm:convnext_tiny``.
 
-Each library is registered with :func:`register_library` under a prefix declared in the floor
-(``precompute/declarations/library.py``, which also holds the catalogue the torch-free server searches).
-A library says which names it has (torchvision: the classification, segmentation and detection models
-of ``torchvision.models.list_models``; timm: ``timm.list_models()``), how to build one untrained
-(never ``weights=``/``pretrained=True``: nothing is downloaded) and its native input size from the
-library's own metadata (timm's ``pretrained_cfg``, torchvision's weights enum).
+Each library is registered under a prefix declared in the floor (``precompute/declarations/library.py``,
+which also holds the catalogue the torch-free server searches) by its own module in
+``precompute/libraries/``, imported the first time one of its names is asked for (:func:`library`): a
+precompute of convscope's own architectures imports neither timm nor, unless the architecture is one of
+torchvision's, torchvision. A library says which names it has (torchvision: the classification,
+segmentation and detection models of ``torchvision.models.list_models``; timm: ``timm.list_models()``),
+how to build one untrained (never ``weights=``/``pretrained=True``: nothing is downloaded) and its native
+input size from the library's own metadata (timm's ``pretrained_cfg``, torchvision's weights enum).
 
 The catalogue (``python -m precompute.librarymodels --write``) adds what only a built model can tell:
 the parameter count and the state-dict signature that ``--arch auto`` matches a checkpoint against.
@@ -15,109 +17,44 @@ Models are built on the ``meta`` device for it, so no memory is allocated for th
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional
 
-import timm
 import torch
-import torchvision
 from torch import nn
-from torchvision import models as tvm
 from tqdm import tqdm
 
 from .declarations import library as declared
-from .registry import Registry, UnknownName, unknown_message
+from .libraries import LIBRARIES, Library
+from .registry import UnknownName, unknown_message
 
 
-@dataclass(frozen=True)
-class Library:
-    """One model library: its names (name -> task), an untrained builder and the native input size."""
-    prefix: str
-    names: Callable[[], dict[str, str]]
-    build: Callable[..., nn.Module]
-    input_size: Callable[[str], Optional[tuple[int, int, int]]]
-    version: str
+def library(prefix: str) -> Library:
+    """The registered library of ``prefix`` (one of the floor's PREFIXES), its module imported on first use."""
+    if prefix not in LIBRARIES:
+        # deferred for memory (issue 18): timm adds 32 MB of resident memory to a process that has torch,
+        # torchvision 170 MB (its ops import torch._dynamo, sympy and triton); a precompute of convscope's own
+        # architectures needs neither. Importing the module registers the library.
+        if prefix == "torchvision":
+            from .libraries import torchvision_models  # noqa: F401
+        elif prefix == "timm":
+            from .libraries import timm_models  # noqa: F401
+    return LIBRARIES.get(prefix)
 
 
-#: prefix -> Library, filled by :func:`register_library`; the prefixes are the floor's ``PREFIXES``
-LIBRARIES: Registry[Library] = Registry("model library")
-
-
-def register_library(prefix: str, version: str):
-    """Decorator over a class-like namespace function returning (names, build, input_size)."""
-    if prefix not in declared.PREFIXES:
-        raise ValueError(f"library {prefix!r} has builders but no declaration; add it to "
-                         f"precompute/declarations/library.py PREFIXES")
-
-    def deco(fn: Callable[[], tuple]) -> Callable[[], tuple]:
-        names, build, input_size = fn()
-        LIBRARIES.add(prefix, Library(prefix, names, build, input_size, version))
-        return fn
-
-    return deco
-
-
-# ---- torchvision ------------------------------------------------------------------------------------
-#: the torchvision model modules convscope builds (video models have 3-d convs, quantized ones int8
-#: weights, optical flow no classifier-style conv stack: none of them is a 2-d CNN as the analyses see it)
-TORCHVISION_TASKS = {"classification": tvm, "segmentation": tvm.segmentation, "detection": tvm.detection}
-
-
-@register_library("torchvision", torchvision.__version__)
-def _torchvision():
-    @functools.cache  # every lookup of a name asks; the lists do not change while the process runs
-    def names() -> dict[str, str]:
-        out: dict[str, str] = {}
-        for task, module in TORCHVISION_TASKS.items():
-            for n in tvm.list_models(module=module):
-                out.setdefault(n, task)
-        return out
-
-    def build(name: str, **kw) -> nn.Module:
-        if names().get(name) in ("segmentation", "detection"):
-            # their default backbone weights would be downloaded: untrained means untrained everywhere
-            kw.setdefault("weights_backbone", None)
-        return tvm.get_model(name, weights=None, **kw)
-
-    def input_size(name: str) -> Optional[tuple[int, int, int]]:
-        try:
-            transforms = tvm.get_model_weights(name).DEFAULT.transforms()
-        except (ValueError, AttributeError):
-            return None
-        size = getattr(transforms, "crop_size", None) or getattr(transforms, "resize_size", None)
-        return (3, int(size[0]), int(size[-1])) if size else None  # detection: any size (None)
-
-    return names, build, input_size
-
-
-# ---- timm -------------------------------------------------------------------------------------------
-@register_library("timm", timm.__version__)
-def _timm():
-    @functools.cache  # as torchvision's
-    def names() -> dict[str, str]:
-        return {n: "classification" for n in timm.list_models()}
-
-    def build(name: str, **kw) -> nn.Module:
-        return timm.create_model(name, pretrained=False, **kw)
-
-    def input_size(name: str) -> Optional[tuple[int, int, int]]:
-        cfg = timm.get_pretrained_cfg(name)
-        size = getattr(cfg, "input_size", None) if cfg is not None else None
-        return tuple(int(x) for x in size) if size else None
-
-    return names, build, input_size
+def libraries() -> list[Library]:
+    """Every library, registered (imported) if it was not yet, in prefix order."""
+    return [library(p) for p in sorted(declared.PREFIXES)]
 
 
 # ---- one name ----------------------------------------------------------------------------------------
 def split(arch: str) -> tuple[Library, str]:
     """("timm:resnet50") -> (the timm Library, "resnet50"); UnknownName for an unknown prefix or name."""
     prefix, name = declared.split_name(arch)
-    lib = LIBRARIES.get(prefix)
+    lib = library(prefix)
     known = lib.names()
     if name not in known:
         raise UnknownName(unknown_message("architecture", arch, [f"{prefix}:{n}" for n in known]))
@@ -168,7 +105,7 @@ def meta_entry(arch: str) -> dict:
 
 
 def all_names() -> list[str]:
-    return [f"{lib.prefix}:{n}" for _, lib in sorted(LIBRARIES.items()) for n in sorted(lib.names())]
+    return [f"{lib.prefix}:{n}" for lib in libraries() for n in sorted(lib.names())]
 
 
 def build_catalogue(names: Optional[list[str]] = None, progress: bool = True) -> dict:
@@ -182,7 +119,7 @@ def build_catalogue(names: Optional[list[str]] = None, progress: bool = True) ->
         except Exception as e:  # noqa: BLE001 - a library model we cannot build is reported, not fatal
             failed[arch] = f"{type(e).__name__}: {e}"[:300]
     return {"format": declared.CATALOGUE_FORMAT,
-            "versions": {p: lib.version for p, lib in sorted(LIBRARIES.items())},
+            "versions": {lib.prefix: lib.version for lib in libraries()},
             "models": entries, "failed": failed}
 
 

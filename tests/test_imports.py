@@ -40,6 +40,10 @@ LAZY = {
     ("precompute.architectures", "torchvision"): "only the torchvision architectures need it",
     ("precompute.architectures", "torchvision.models.vgg"): "only the VGG architectures need it",
     ("precompute.architectures", "timm"): "only the EfficientNet-Lite architectures need it (slow import)",
+    # a library's module registers it when imported (precompute/libraries/): only for a name of that library
+    ("precompute.librarymodels", "precompute.libraries.torchvision_models"):
+        "torchvision and the torch._dynamo it imports: 170 MB of memory, only for torchvision:NAME",
+    ("precompute.librarymodels", "precompute.libraries.timm_models"): "timm: 32 MB of memory, only for timm:NAME",
     ("precompute.experiments.datasets", "torchvision.datasets"): "only CIFAR-10 needs it",
     ("precompute.sources", "h5py"): "only Keras .h5 checkpoints need it",
     ("precompute.sources", "safetensors"): "only safetensors checkpoints need it",

@@ -5,7 +5,7 @@ state-dict signature), read from ``library_models.json`` beside this file.
 The catalogue is built, with torch, by ``python -m precompute.librarymodels --write`` from the pinned
 torchvision and timm (pyproject.toml); ``tests/test_librarymodels.py`` checks that it lists exactly what
 the installed libraries list and that its figures are what a built model has. The builders are in
-``precompute/librarymodels.py``.
+``precompute/libraries/`` (one module per library), looked up through ``precompute/librarymodels.py``.
 
 Torch-free (the ground floor, see ``precompute/declarations/__init__.py``).
 """
