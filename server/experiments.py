@@ -26,6 +26,7 @@ from precompute.declarations.experiments import EXPERIMENTS, RANDOM, Experiment
 from precompute.declarations.limits import CLUSTER_K_DEFAULT as DEFAULT_K
 from precompute.declarations.limits import GAMMA_OFF
 from precompute.declarations.limits import MAX_CLUSTER_PAIRS as MAX_PAIRS
+from precompute.declarations.records import TrainingRun
 from precompute.names import is_model_name
 
 from .errors import ExplorerError, NotFound, unknown
@@ -40,13 +41,6 @@ from .verdicts import experiment_verdicts
 def _declared(experiment: str) -> Optional[Experiment]:
     """The experiment's declaration (precompute/declarations/experiments.py), None for an undeclared one."""
     return EXPERIMENTS.get(experiment) if experiment in EXPERIMENTS else None
-
-
-def _extra(rec: dict) -> dict:
-    """The run record as :func:`variant_row` reads it: the fields of its TrainingRun (server/runs.py), as
-    written (no defaults added); {} for a model without one."""
-    run = run_of(rec)
-    return run.public() if run is not None else {}
 
 
 def variant_records(ex: Explorer, seeds: Optional[dict] = None,
@@ -135,32 +129,31 @@ def gamma_below(rec: dict, threshold: str = GAMMA_OFF) -> Optional[dict]:
     return {"value": num / den, "source": "weights"} if den else None
 
 
-def training_history(extra: dict) -> Optional[dict]:
+def training_history(run: Optional[TrainingRun]) -> Optional[dict]:
     """The run's history (precompute/experiments/history.py) as series over training progress, for the
     training-history figure: ``{epoch: [...], test_accuracy, train_loss, dead_relu: [...] | None,
     gamma: {threshold: [...]}, banding: {layer: [...]}, symmetry: {layer: [...]}, layers: [conv layers]}``
     (x = epochs of training done: 0, 0.125, 0.25, 0.5, 1, 2, ...). None for a run without history; runs
     made before the weight metrics existed give only accuracy and loss (their metric series are empty)."""
-    rows = [r for r in extra.get("history") or [] if isinstance(r, dict) and finite(r.get("epoch")) is not None]
+    rows = sorted((h for h in (run.history if run else ()) if finite(h.epoch) is not None), key=lambda h: h.epoch)
     if not rows:
         return None
-    rows.sort(key=lambda r: r["epoch"])
 
     def series(get) -> list:
-        return [get(r) for r in rows]
+        return [get(h) for h in rows]
 
     def keyed(metric: str) -> dict[str, list]:
         keys: list[str] = []
-        for r in rows:
-            for k in (r.get("metrics") or {}).get(metric) or {}:
+        for h in rows:
+            for k in h.metrics.get(metric) or {}:
                 if k not in keys:
                     keys.append(k)
-        return {k: series(lambda r, k=k: finite(((r.get("metrics") or {}).get(metric) or {}).get(k))) for k in keys}
+        return {k: series(lambda h, k=k: finite((h.metrics.get(metric) or {}).get(k))) for k in keys}
 
-    dead = series(lambda r: finite(r.get("dead_relu")))
+    dead = series(lambda h: finite(h.dead_relu))
     banding = keyed("banding")
-    return {"epoch": series(lambda r: r["epoch"]), "test_accuracy": series(lambda r: finite(r.get("test_accuracy"))),
-            "train_loss": series(lambda r: finite(r.get("train_loss"))),
+    return {"epoch": series(lambda h: h.epoch), "test_accuracy": series(lambda h: finite(h.test_accuracy)),
+            "train_loss": series(lambda h: finite(h.train_loss)),
             "dead_relu": dead if any(v is not None for v in dead) else None,
             "gamma": keyed("gamma"), "banding": banding, "symmetry": keyed("symmetry"), "layers": list(banding)}
 
@@ -181,34 +174,34 @@ def branch_tests(rec: dict) -> dict:
     return out
 
 
+def _picked(result: Optional[dict], keys: tuple[str, ...]) -> Optional[dict]:
+    return {k: result.get(k) for k in keys} if isinstance(result, dict) else None
+
+
 def variant_row(experiment: str, variant: str, rec: dict) -> dict:
     """One row of the experiment table: the run and its headline numbers (see the module docstring)."""
-    extra = _extra(rec)
+    run = run_of(rec)
     spec = rec.get("spec") or {}
     prof = profiles(rec)
-    meas = extra.get("measurements") or {}
-    clamp = meas.get("gamma_clamp") or None
-    dead = meas.get("dead_relu") or None
-    trainable = extra.get("trainable")
-    transform = extra.get("input_transform")
+    meas = run.measurements if run else {}
     name = rec.get("name")
+    accuracy = run.final_test_accuracy if run and run.final_test_accuracy is not None else spec.get("accuracy")
     return {
         "variant": variant, "model": name, "url": f"/models/{name}", "api": f"/api/models/{name}",
-        "description": extra.get("description") or spec.get("description", ""),
-        "reference": bool(extra.get("reference")), "replaces_reference": bool(extra.get("replaces_reference")),
+        "description": (run.description if run else "") or spec.get("description", ""),
+        "reference": bool(run and run.reference), "replaces_reference": bool(run and run.replaces_reference),
         "arch": spec.get("arch"), "dataset": spec.get("dataset"),
-        "epochs": extra.get("epochs"), "limit": extra.get("limit"), "seed": extra.get("seed"),
-        "train_size": extra.get("train_size"), "test_size": extra.get("test_size"),
-        "device": extra.get("device"), "command": extra.get("command"), "created": extra.get("created"),
-        "trainable": trainable.get("rule") if isinstance(trainable, dict) else trainable,
-        "input_transform": transform.get("name") if isinstance(transform, dict) else transform,
-        "accuracy": finite(extra.get("final_test_accuracy", spec.get("accuracy"))),
+        "epochs": run and run.epochs, "limit": run and run.limit, "seed": run.seed if run else None,
+        "train_size": run and run.train_size, "test_size": run and run.test_size,
+        "device": run and run.device, "command": run and run.command, "created": run and run.created,
+        "trainable": run.trainable_rule() if run else None,
+        "input_transform": run.transform_name() if run else None,
+        "accuracy": finite(accuracy),
         "banding": [{"layer": p["layer"], "value": p["value"]} for p in prof["banding"][-2:]],
         "gamma_below_0.01": gamma_below(rec),
-        "gamma_clamp": None if not isinstance(clamp, dict) else {
-            k: clamp.get(k) for k in ("threshold", "accuracy", "accuracy_clamped", "change", "fraction_clamped")},
-        "dead_relu": None if not isinstance(dead, dict) else {
-            k: dead.get(k) for k in ("p", "fraction", "disabled", "channels")},
+        "gamma_clamp": _picked(meas.get("gamma_clamp") or None,
+                               ("threshold", "accuracy", "accuracy_clamped", "change", "fraction_clamped")),
+        "dead_relu": _picked(meas.get("dead_relu") or None, ("p", "fraction", "disabled", "channels")),
         "strided_symmetry": [{"layer": p["layer"], "value": p["value"], "uneven": p["uneven"]}
                              for p in prof["symmetry"] if p["strided"]],
         "mean_symmetry": (sum(p["value"] for p in prof["symmetry"]) / len(prof["symmetry"])) if prof["symmetry"] else None,
@@ -216,9 +209,9 @@ def variant_row(experiment: str, variant: str, rec: dict) -> dict:
         "branch_tests": branch_tests(rec),
         "status": rec.get("status"),
         "profiles": {"symmetry": prof["symmetry"], "banding": prof["banding"]},
-        "history": training_history(extra),
-        "plateau": extra.get("plateau") if isinstance(extra.get("plateau"), dict) else None,
-        "resumed": [r.get("from_epoch") for r in extra.get("resumed") or [] if isinstance(r, dict)],
+        "history": training_history(run),
+        "plateau": run.plateau.public() if run and run.plateau else None,
+        "resumed": [r.from_epoch for r in run.resumed] if run else [],
     }
 
 
