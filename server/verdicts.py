@@ -322,35 +322,35 @@ def _branch_measured(tests: dict[str, list[tuple[float, float]]], rows: Rows, ke
     return "; ".join(parts) if parts else "—"
 
 
+#: the branch tests judged: (key of the variant rows' branch_tests, effect, what the paper says, what is measured)
+_BRANCH_EFFECTS = (
+    ("separation", "the branches separate where they merge (SVD of |W| of the first layer that reads them all)",
+     "neurons of different branches connect to different neurons of the next layer: in unbranched networks the "
+     "leading singular vectors of |W| already split colour from black and white, then frequency",
+     "largest share of a singular vector's variance between the branches"),
+    ("frequency", "the branches specialise in spatial frequency (grey images: the image filters each branch reads)",
+     "AlexNet-style splits: a high-frequency black-and-white branch and a low-frequency colour branch; with four "
+     "branches, high-, mid- and low-frequency ones",
+     "share of the stem filters' frequency variance between the branches that read them"),
+)
+
+
 @verdicts_for("branches")
 def branches(rows: Rows) -> list[dict]:
     branched = {v: rows[v] for v in ("2", "4") if rows.get(v)}
-    sep = {v: _values(r, _branch_test("separation")) for v, r in branched.items()}
-    freq = {v: _values(r, _branch_test("frequency")) for v, r in branched.items()}
     rule = (f"reproduced: every branched run p < {BRANCH_P} ({BRANCH_PERMUTATIONS:,} label shuffles) and "
             f"η² >= {BRANCH_ETA2}; not reproduced: every p >= {BRANCH_P_NONE}")
-    return [
-        _verdict(
-            "the branches separate where they merge (SVD of |W| of the first layer that reads them all)",
-            "neurons of different branches connect to different neurons of the next layer: in unbranched "
-            "networks the leading singular vectors of |W| already split colour from black and white, then frequency",
-            "largest share of a singular vector's variance between the branches: "
-            + _branch_measured(sep, rows, "separation"),
-            _branch_verdict(sep), rule, tuple(branched.values()),
-            **{f"separation_{v}": [list(t) for t in ts] for v, ts in sep.items()}),
-        _verdict(
-            "the branches specialise in spatial frequency (grey images: the image filters each branch reads)",
-            "AlexNet-style splits: a high-frequency black-and-white branch and a low-frequency colour branch; "
-            "with four branches, high-, mid- and low-frequency ones",
-            "share of the stem filters' frequency variance between the branches that read them: "
-            + _branch_measured(freq, rows, "frequency"),
-            _branch_verdict(freq), rule, tuple(branched.values()),
-            **{f"frequency_{v}": [list(t) for t in ts] for v, ts in freq.items()}),
-        _verdict(
-            "the branches of a split layer specialise (colour vs black and white)",
-            "in AlexNet-style two-branch networks one branch learns colour features, the other black-and-white ones",
-            "not measured: the variants train on Fashion-MNIST, which is grey, and no RGB image dataset installs "
-            "offline from PyPI or Debian here (CIFAR-10 needs a download: `convscope train branches --dataset "
-            "cifar10 --download`)",
-            NOT_MEASURED, "colour vs black and white needs RGB inputs", tuple(branched.values())),
-    ]
+    out = []
+    for key, effect, paper, what in _BRANCH_EFFECTS:
+        tests = {v: _values(r, _branch_test(key)) for v, r in branched.items()}
+        out.append(_verdict(effect, paper, f"{what}: {_branch_measured(tests, rows, key)}", _branch_verdict(tests),
+                            rule, tuple(branched.values()),
+                            **{f"{key}_{v}": [list(t) for t in ts] for v, ts in tests.items()}))
+    out.append(_verdict(
+        "the branches of a split layer specialise (colour vs black and white)",
+        "in AlexNet-style two-branch networks one branch learns colour features, the other black-and-white ones",
+        "not measured: the variants train on Fashion-MNIST, which is grey, and no RGB image dataset installs "
+        "offline from PyPI or Debian here (CIFAR-10 needs a download: `convscope train branches --dataset "
+        "cifar10 --download`)",
+        NOT_MEASURED, "colour vs black and white needs RGB inputs", tuple(branched.values())))
+    return out
