@@ -39,10 +39,12 @@ permutation-like matrix whose SVD only sorts the neurons by kernel norm.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import Analysis, ModelContext, register_analysis, to_list
+from .base import Analysis, LazyResults, ModelContext, register_analysis, to_list
 from .branch_stats import branch_test, kernel_frequency
 
 
@@ -140,13 +142,18 @@ def top_svd(M: torch.Tensor, k: int, backend: str | None = None) -> tuple[torch.
     return (other, S, E) if tall else (E, S, other)
 
 
-def svd_of(M: torch.Tensor, k: int) -> dict:
-    """Uncentred SVD and centred PCA of M (N2 x N1); see the module docstring for conventions."""
+def svd_of(M: torch.Tensor, k: int, overwrite: bool = False) -> dict:
+    """Uncentred SVD and centred PCA of M (N2 x N1); see the module docstring for conventions.
+
+    ``overwrite``: M (when float64) is the caller's to spend: it is centred in place, which saves a copy of it
+    (134 MB for ConvNeXt-XL's 8192 x 2048 layers); the same subtraction, so the same results to the bit.
+    """
+    owned = overwrite or M.dtype != torch.float64  # .double() of another dtype is a copy of our own
     M = M.double()
     k = min(k, *M.shape)
     U, S, V = top_svd(M, k)
     u, v = _sign_fix(U, V)
-    Mc = M - M.mean(0, keepdim=True)
+    Mc = M.sub_(M.mean(0, keepdim=True)) if owned else M - M.mean(0, keepdim=True)
     Uc, Sc, Vc = top_svd(Mc, k)
     uc, vc = _sign_fix(Uc, Vc)
     tot = float(Mc.mul_(Mc).sum())  # = sum of all squared singular values of Mc; squared in place (Mc is ours)
@@ -217,6 +224,19 @@ def branch_tests(props: dict[str, list], v: torch.Tensor, row: dict) -> dict | N
     return out
 
 
+def _result(feeder: str, res: dict, prop: dict, props: dict, tests: dict | None) -> dict:
+    """One layer's JSON result from :func:`svd_of`'s tensors and the feeder's colourings and tests."""
+    return {
+        "feeder": feeder,
+        "singular_values": to_list(res["singular_values"]),
+        "u": to_list(res["u"]), "v": to_list(res["v"]),
+        "pca": {k: to_list(v) for k, v in res["pca"].items()},
+        "feeder_property": prop,
+        "feeder_properties": props,
+        **({"branch_tests": tests} if tests else {}),
+    }
+
+
 @register_analysis
 class SVD(Analysis):
     name = "svd"
@@ -229,14 +249,14 @@ class SVD(Analysis):
         """Conv (not depthwise) or linear layers fed by a conv."""
         return row.get("type") in ("conv", "linear") and bool(row.get("feeds_from")) and not row.get("depthwise")
 
-    def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+    def _run(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> LazyResults:
         from threadpoolctl import threadpool_limits
 
         # many small LAPACK calls: scipy's BLAS gets one thread too (torch's: the base class's run)
         with threadpool_limits(1):
             return self._layers(ctx, rows, params)
 
-    def _layers(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> dict[str, dict]:
+    def _layers(self, ctx: ModelContext, rows: list[dict], params: BaseModel) -> LazyResults:
         out = {}
         for row in rows:
             feeder = ctx.row(row["feeds_from"])
@@ -250,7 +270,8 @@ class SVD(Analysis):
             if M.shape[1] != n1:
                 raise ValueError(f"layer {row['name']!r} has {M.shape[1]} input channels but its feeder "
                                  f"{feeder['name']!r} has {n1} neurons")
-            res = svd_of(M, params.k)
+            res = svd_of(M, params.k, overwrite=True)
+            del M  # centred in place by svd_of: not this layer's matrix any more
             fw = ctx.weight(feeder["name"])
             props = feeder_properties(fw, feeder, row)
             name = next(iter(props))  # the default: colourfulness, else branch, else norm
@@ -258,16 +279,10 @@ class SVD(Analysis):
             if name == "colourfulness" and "branch" in props:
                 prop["branch"] = props["branch"]
             tests = branch_tests(props, res["v"], row)
-            out[row["name"]] = {
-                "feeder": feeder["name"],
-                "singular_values": to_list(res["singular_values"]),
-                "u": to_list(res["u"]), "v": to_list(res["v"]),
-                "pca": {k: to_list(v) for k, v in res["pca"].items()},
-                "feeder_property": prop,
-                "feeder_properties": props,
-                **({"branch_tests": tests} if tests else {}),
-            }
-        return out
+            out[row["name"]] = partial(_result, feeder["name"], res, prop, props, tests)
+        # the tensors are kept, their JSON lists made layer by layer as the pipeline writes them: as Python
+        # lists, ConvNeXt-XL's 36 wide layers' u and pca.u (8192 x 8 each) would be some 180 MB at once
+        return LazyResults(out)
 
     def scalars(self, result: dict) -> dict[str, float]:
         """``branch_separation`` (largest eta squared over the singular vectors) and ``branch_frequency``, each
