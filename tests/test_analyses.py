@@ -453,6 +453,13 @@ def test_histogram_chunked_top10_is_the_whole_layer_formula(n):
     assert res["top10_l1_share"] == pytest.approx(share, rel=1e-12, abs=0)
 
 
+def test_histogram_max_abs_of_zeros_is_plus_zero():
+    """max |w| comes from each block's min and max (no |w| copy): a layer of (negative) zeros still gives +0.0."""
+    for w in (torch.zeros(10), -torch.zeros(10)):
+        assert math.copysign(1.0, weight_histogram(w, HistogramParams())["max_abs"]) == 1.0
+    assert weight_histogram(torch.tensor([0.5, -3.0, 2.0]), HistogramParams())["max_abs"] == 3.0
+
+
 @pytest.mark.parametrize("n", [1, 5, 4097, 65_537, (1 << 22) + 5, 10_276_045])
 def test_float32_summed_in_float64_is_the_float64_copys_sum(n):
     """Issue 18 (big models): the histogram keeps the weights above the top-10 % threshold in float32 and sums

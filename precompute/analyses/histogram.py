@@ -92,10 +92,12 @@ def weight_histogram(w: torch.Tensor, p: HistogramParams) -> dict:
     # every whole-layer quantity is taken chunk by chunk: no copy of the layer (VGG16's fc6: 411 MB). What a
     # chunk gives goes into a buffer made before the chunks: small tensors kept between the chunks' freed
     # temporaries would pin them in the C heap, which then grows by a chunk per chunk (400 MB on fc6)
-    maxima = flat.new_empty(-(-n // _CHUNK))
-    for j, i in enumerate(range(0, n, _CHUNK)):
-        maxima[j] = flat[i:i + _CHUNK].abs().max()
-    amax = float(maxima.max())
+    # max |w| from each block's min and max (no |w| temporary; abs is exact, so the same value)
+    maxima = flat.new_empty(2 * -(-n // _BLOCK))
+    for j, i in enumerate(range(0, n, _BLOCK)):
+        lo, hi = flat[i:i + _BLOCK].aminmax()
+        maxima[2 * j], maxima[2 * j + 1] = -lo, hi
+    amax = abs(float(maxima.max()))  # abs: a layer of zeros gives -0.0 from -min, |w|'s max is +0.0
     thr = p.near_zero * amax
     shift = float(flat[: min(n, 4096)].double().mean())  # keeps the moment sums well conditioned
     counts = torch.zeros(p.bins, dtype=torch.long, device=flat.device)
@@ -142,14 +144,15 @@ def weight_histogram(w: torch.Tensor, p: HistogramParams) -> dict:
     # its size: 41 MB for VGG16's fc6, half the float64 copy) summed in float64: the whole layer's
     # a[a > thr_k].double().sum() to the last bit (torch sums the float32 values converted to float64 the same
     # way; tests/test_analyses.py checks it)
+    # (a block of 512 K weights at a time: the buffer's contents, in order, do not depend on the block)
     def above_in(i: int) -> torch.Tensor:
-        a = flat[i:i + _CHUNK].abs().float()
+        a = flat[i:i + _BLOCK].abs().float()
         return a[a > thr_k]
 
-    sizes = [int((flat[i:i + _CHUNK].abs().float() > thr_k).sum()) for i in range(0, n, _CHUNK)]
+    sizes = [int((flat[i:i + _BLOCK].abs().float() > thr_k).sum()) for i in range(0, n, _BLOCK)]
     above = torch.empty(sum(sizes), dtype=torch.float32, device=flat.device)
-    for i, start in zip(range(0, n, _CHUNK), [0] + list(itertools.accumulate(sizes))):
-        above[start:start + sizes[i // _CHUNK]] = above_in(i)
+    for i, start in zip(range(0, n, _BLOCK), [0] + list(itertools.accumulate(sizes))):
+        above[start:start + sizes[i // _BLOCK]] = above_in(i)
     above_mass = float(above.sum(dtype=torch.float64))
     top_mass = above_mass + (k - above.numel()) * thr_k
     return {
