@@ -833,6 +833,8 @@ def test_grid_has_a_text_alternative(page, srv_records):
     page.goto(f"/models/{model}/layers/{layer}")
     ready(page)
     page.click("#grid-list summary")
+    # the list is built by the details' "toggle" event, which the browser fires as a task after the click
+    page.wait_for_selector("#grid-list-items a")
     links = page.eval_on_selector_all("#grid-list-items a", "as => as.map((a) => a.getAttribute('href'))")
     assert links == [f"/models/{model}/layers/{layer}/neurons/{j}" for j in nmf["order"]]
 
