@@ -21,7 +21,8 @@ permutation-like matrix whose SVD only sorts the neurons by kernel norm.
   3 input channels (RGB): mean over kernel positions of the std across the 3 channels, divided by
   the RMS of the filter, in [0, 1] (0 grey, 1 colour-opponent); otherwise ``branch`` when this layer
   or the feeder is a grouped (not depthwise) conv: the group index of each feeder neuron (the
-  group of this layer that reads it, else the feeder's own group); otherwise ``norm``: the L2 norm
+  group of this layer that reads it, else the feeder's own group); otherwise (version 3) ``frequency``
+  when the feeder reads the image (see ``feeder_properties``); otherwise ``norm``: the L2 norm
   of each feeder neuron's weights. An RGB feeder of a grouped layer also carries ``branch``
   beside its colourfulness (the article's question: does one branch take the colour filters?).
 - ``feeder_properties`` ({name: values}, version 2) holds every colouring that applies, the default
@@ -274,7 +275,7 @@ class SVD(Analysis):
             del M  # centred in place by svd_of: not this layer's matrix any more
             fw = ctx.weight(feeder["name"])
             props = feeder_properties(fw, feeder, row)
-            name = next(iter(props))  # the default: colourfulness, else branch, else norm
+            name = next(iter(props))  # the default: colourfulness, else branch, else frequency, else norm
             prop = {"name": name, "values": props[name]}
             if name == "colourfulness" and "branch" in props:
                 prop["branch"] = props["branch"]
